@@ -1,0 +1,40 @@
+# Two entry points for a fresh clone (see README):
+#   make demo   install, then harvest -> offline labels -> report on the embedded default
+#   make test   install with test extras, then run the whole suite (kernels under TRITON_INTERPRET=1)
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip -q --disable-pip-version-check
+
+.PHONY: demo test bench install install-test browser clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# Debian's chromium for the viewer's browser test (skipped with a message if unavailable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "chromium not installed: browser tests will be skipped"; }
+
+demo: install
+	$(PY) -m engine.demo
+
+test: install-test browser
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=600
+
+bench: install-test
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf runs .pytest_cache

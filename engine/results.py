@@ -1,0 +1,175 @@
+"""Turn a HarvestState into the run's documented outputs.
+
+RUN/harvest/
+  config.json          RunConfig
+  components.jsonl     one ComponentData per latent that fired, by latent index
+  stats.safetensors    per-latent count, act_sum, act_max, hist; tok_total (all latents, dead ones too)
+  tokens.bin           int32 token store [n_sequences, context_length]
+
+Statistic formulas (N token positions, n_i firings of latent i, c_it joint
+count or probability mass, m_t marginal of token t, co_ij joint firings):
+  token precision = c_it / m_t, recall = c_it / n_i, PMI = log(c_it N / (n_i m_t));
+  latent precision(j|i) = co_ij / n_i, recall = co_ij / n_j,
+  PMI = log(co_ij N / (n_i n_j)), Jaccard = co_ij / (n_i + n_j - co_ij).
+Lists keep the top `top_n` entries with joint count >= `min_count`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import msgspec
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from engine.schemas import (
+    ActivationExample,
+    ComponentCorrelations,
+    ComponentData,
+    HookpointInfo,
+    LogitLens,
+    RunConfig,
+    Scored,
+    TokenStats,
+)
+from engine.state import HarvestState, StateConfig
+
+TOP_N = 10
+MIN_COUNT = 2
+
+
+def run_config(a, model, dicts, sites, cfg: StateConfig, n_seq: int, n_tokens: int, version: str) -> RunConfig:
+    hps, off = [], 0
+    for site, d in zip(sites, dicts):
+        hps.append(HookpointInfo(name=site.name, module=site.module, dictionary=d.path, kind=d.kind, d_in=d.d_in, n_latents=d.n_latents, offset=off))
+        off += d.n_latents
+    return RunConfig(
+        model=a.model, model_class=type(model).__name__, n_layers=int(getattr(model.config, "num_hidden_layers", 0)),
+        dataset=a.dataset, dataset_column=a.dataset_column, context_length=cfg.seq_len, batch_size=a.batch_size,
+        n_sequences=n_seq, n_tokens=n_tokens, hookpoints=hps, n_latents=cfg.n_latents, top_k=cfg.top_k,
+        n_random=cfg.n_random, window=cfg.window, histogram_edges=cfg.hist_edges(), filter_bos=a.filter_bos,
+        output_stats=cfg.output_stats, seed=cfg.seed, engine_version=version, backend="torch",
+    )
+
+
+def token_strings(tokenizer, vocab: int) -> list[str]:
+    n = len(tokenizer)
+    return [tokenizer.decode([i]) if i < n else f"<{i}>" for i in range(vocab)]
+
+
+def _ranked(names, index: Tensor, value: Tensor, count: Tensor, n: int, descending=True) -> list[Scored]:
+    if len(value) == 0:
+        return []
+    o = torch.argsort(value, descending=descending, stable=True)[:n]
+    return [Scored(names(int(index[i])), int(index[i]), round(float(value[i]), 6), round(float(count[i]), 6)) for i in o]
+
+
+def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, names, jaccard=False):
+    """Precision/recall/PMI(/Jaccard) lists for one row of a pair table."""
+    keep = (joint >= MIN_COUNT) & (marg[cols] > 0)
+    cols, joint = cols[keep], joint[keep]
+    m = marg[cols].double()
+    prec = joint / n_i if jaccard else joint / m
+    rec = joint / m if jaccard else joint / n_i
+    pmi = torch.log(joint * N / (n_i * m))
+    out = dict(
+        precision=_ranked(names, cols, prec, joint, TOP_N),
+        recall=_ranked(names, cols, rec, joint, TOP_N),
+        pmi=_ranked(names, cols, pmi, joint, TOP_N),
+    )
+    if jaccard:
+        out["jaccard"] = _ranked(names, cols, joint / (n_i + m - joint), joint, TOP_N)
+    return out
+
+
+def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, model, out: Path) -> None:
+    cfg = state.cfg
+    s = {k: v.cpu() for k, v in state.tensors().items()}
+    N = float(s["n_tokens"])
+    vocab_str = token_strings(tokenizer, cfg.vocab_size)
+    keys = [f"{h.name}/{i}" for h in rc.hookpoints for i in range(h.n_latents)]
+    lens = logit_lens(dicts, model, rc)
+    count = s["count"]
+    cooc_rows = state.cooc
+    (out / "config.json").write_bytes(msgspec.json.format(msgspec.json.encode(rc)))
+    save_file({k: s[k].contiguous() for k in ("count", "act_sum", "act_max", "hist", "tok_total")}, str(out / "stats.safetensors"))
+    enc = msgspec.json.Encoder()
+    tmp = out / "components.jsonl.tmp"
+    with open(tmp, "wb") as f:
+        for lat in tqdm(torch.nonzero(count > 0).squeeze(1).tolist(), desc="results", unit="latent"):
+            n_i = float(count[lat])
+            hp = next(h for h in rc.hookpoints if h.offset <= lat < h.offset + h.n_latents)
+            cols, w = state.in_tok.row_entries(lat)
+            ins = pair_stats(cols.cpu(), w.cpu(), n_i, s["tok_total"].double(), N, vocab_str.__getitem__)
+            in_stats = TokenStats(top_precision=ins["precision"], top_recall=ins["recall"], top_pmi=ins["pmi"],
+                                  exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(lat))
+            out_stats = None
+            if state.out_tok is not None and len(s["out_total"]):
+                cols, w = state.out_tok.row_entries(lat)
+                o = pair_stats(cols.cpu(), w.cpu(), n_i, s["out_total"], N, vocab_str.__getitem__)
+                out_stats = TokenStats(top_precision=o["precision"], top_recall=o["recall"], top_pmi=o["pmi"],
+                                       exact=False, error_bound=state.out_tok.error_bound(lat))
+            cols, w = cooc_rows.row_entries(lat)
+            cols, w = cols.cpu(), w.cpu()
+            self_mask = cols != lat
+            co = pair_stats(cols[self_mask], w[self_mask], n_i, count.double(), N, keys.__getitem__, jaccard=True)
+            corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(lat))
+            comp = ComponentData(
+                component_key=keys[lat], hookpoint=hp.name, component_idx=lat - hp.offset, latent=lat,
+                firing_count=int(n_i), firing_density=n_i / N if N else 0.0,
+                mean_activation=float(s["act_sum"][lat]) / n_i, max_activation=float(s["act_max"][lat]),
+                histogram=s["hist"][lat].tolist(),
+                top_examples=examples(s["top_loc"][lat], s["top_val"][lat], s["top_win"][lat], store, cfg.window, vocab_str, "top"),
+                random_examples=examples(s["res_loc"][lat], s["res_val"][lat], s["res_win"][lat], store, cfg.window, vocab_str, "random"),
+                input_token_stats=in_stats, output_token_stats=out_stats,
+                logit_lens=lens(lat, vocab_str) if lens else None, correlations=corr,
+            )
+            f.write(enc.encode(comp) + b"\n")
+    tmp.replace(out / "components.jsonl")
+
+
+def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, vocab_str, source) -> list[ActivationExample]:
+    S = store.shape[1]
+    wins = wins.numpy().round(5)  # [K, 2W+1]
+    out = []
+    for j, (loc, val) in enumerate(zip(locs.tolist(), vals.tolist())):
+        if loc < 0:
+            continue
+        ids, fi = store.window(loc, W)
+        seq, pos = divmod(loc, S)
+        lo = W - fi  # window rows start at offset -W; clip to the sequence
+        out.append(ActivationExample(sequence=seq, position=pos, activation=round(val, 6), token_ids=ids,
+                                     tokens=[vocab_str[i] for i in ids], activations=wins[j, lo : lo + len(ids)].tolist(),
+                                     firing_index=fi, source=source))
+    return out
+
+
+def logit_lens(dicts, model, rc: RunConfig, n: int = 10):
+    """Decoder rows through the final norm weight and the unembedding -> top/bottom tokens."""
+    if model is None or not hasattr(model, "get_output_embeddings"):
+        return None
+    W_U = model.get_output_embeddings().weight.detach().float().cpu()  # [V, d]
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    gamma = norm.weight.detach().float().cpu() if norm is not None and hasattr(norm, "weight") else torch.ones(W_U.shape[1])
+    rows = {}
+    for h, d in zip(rc.hookpoints, dicts):
+        if d.W_dec is not None and d.W_dec.shape[1] == W_U.shape[1]:
+            logits = (d.W_dec.float().cpu() * gamma) @ W_U.T  # [L_h, V]
+            top_v, top_i = logits.topk(n, dim=1)
+            bot_v, bot_i = logits.topk(n, dim=1, largest=False)
+            rows[h.offset] = (h.n_latents, top_v, top_i, bot_v, bot_i)
+    if not rows:
+        return None
+
+    def lens(lat: int, vocab_str) -> LogitLens | None:
+        for off, (nl, tv, ti, bv, bi) in rows.items():
+            if off <= lat < off + nl:
+                r = lat - off
+                mk = lambda ids, vals: [Scored(vocab_str[int(i)], int(i), round(float(v), 4), 0.0) for i, v in zip(ids, vals)]
+                return LogitLens(top=mk(ti[r], tv[r]), bottom=mk(bi[r], bv[r]))
+        return None
+
+    return lens
