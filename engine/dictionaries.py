@@ -66,6 +66,34 @@ class Dictionary:
     r_mag: Tensor | None = None
     transcoder: bool = False
     "Reads the hooked module's input (sparsify transcoders)."
+    latent_ids: Tensor | None = None
+    "[L'] original indices when only a subset is harvested (see subset)."
+    _select: Tensor | None = None
+    "TopK subsets: columns kept after the full selection."
+
+    def subset(self, ids: list[int]) -> Dictionary:
+        """Keep only latents `ids`: encode cost and all state memory scale with the subset
+        (TopK still ranks against all latents, so only its state shrinks)."""
+        if not ids:
+            return self
+        if max(ids) >= self.n_latents:
+            raise UserError(f"--latents: index {max(ids)} is out of range for {self.path} ({self.n_latents} latents)")
+        sel = torch.tensor(ids, dtype=torch.int64)
+        self.latent_ids = sel
+        if self.activation == "topk":
+            self._select = sel
+        elif self.activation == "identity":
+            self._select = sel
+        else:
+            for name in ("W_enc",):
+                setattr(self, name, getattr(self, name)[:, sel].contiguous())
+            for name in ("b_enc", "threshold", "b_gate", "b_mag", "r_mag"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, getattr(self, name)[sel].contiguous())
+        if self.W_dec is not None:
+            self.W_dec = self.W_dec[sel].contiguous()
+        self.n_latents = len(ids)
+        return self
 
     # ------------------------------------------------------------------ encode
 
@@ -90,6 +118,10 @@ class Dictionary:
 
     def encode_dense(self, x: Tensor) -> Tensor:
         """[N, d_in] -> [N, L] float32 activations (torch reference)."""
+        acts = self._encode_all(x)
+        return acts if self._select is None else acts[:, self._select.to(acts.device)]
+
+    def _encode_all(self, x: Tensor) -> Tensor:
         x = self.prepare(x)
         if self.activation == "identity":
             return x.clamp(min=0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -137,6 +138,8 @@ class HarvestArgs:
     "Model dtype: float32, bfloat16, float16."
     seed: int = 0
     "Seed of the reservoir sampling hash."
+    latents: str = ""
+    "Only these latents of the first dictionary: 1,5,9-20 or a JSON file with feature_indices (and scores)."
     pair_budget_mb: int = 1024
     "Above this size the token and co-occurrence tables switch from dense to bounded sketches."
 
@@ -197,13 +200,23 @@ def load_model(path: str, device, dtype: str):
 
 def main(argv: list[str] | None = None) -> Path:
     from engine.data import TokenStore, batches, iter_texts, pack
+    from engine.latent_sets import parse_latents
     from engine.results import build_results, run_config
+
+    from engine.distributed import init_from_env, merge_across_ranks
 
     a = parse_args(argv)
     device = pick_device(a.device)
+    rank, world_size = init_from_env(device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     dict_paths = a.dictionaries or [DEFAULT_SAE]
     dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None)) for i, p in enumerate(dict_paths)]
     hookpoints = a.hookpoints or [d.hookpoint for d in dicts]
+    latent_ids, latent_scores = parse_latents(a.latents)
+    if latent_ids:
+        dicts[0].subset(latent_ids)
     if len(hookpoints) != len(dicts) or any(h is None for h in hookpoints):
         raise UserError(f"{len(dicts)} dictionaries but hookpoints {hookpoints} -- give one --hookpoints entry per dictionary")
     model, tokenizer = load_model(a.model, device, a.dtype)
@@ -213,11 +226,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     from engine.sources import HookedModel
 
-    hooked = HookedModel(model, hookpoints)
-    for i, d in enumerate(dicts):
+    hooked = HookedModel(model, hookpoints, read_input=[d.transcoder for d in dicts])
+    for d in dicts:
         d.to(device)
-        if d.transcoder and hooked.sites[i].capture == "output" and not hookpoints[i].endswith("@in"):
-            hooked.sites[i].capture = "input"
     S = a.context_length
     n_seq = a.n_batches * a.batch_size if a.n_batches else math.ceil(a.n_tokens / S)
     vocab = max(len(tokenizer), model.config.vocab_size)
@@ -228,7 +239,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     out = Path(a.out) / "harvest"
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint"
+    ckpt = out / "checkpoint" if world_size == 1 else out / "checkpoint" / f"rank{rank}"
     harvester = Harvester(dicts, cfg, hookpoints, device)
     done_seqs = 0
     if a.resume and (ckpt / "state.json").exists():
@@ -236,14 +247,23 @@ def main(argv: list[str] | None = None) -> Path:
         if meta.get("dataset") != a.dataset or meta.get("model") != a.model:
             raise UserError(f"checkpoint {ckpt} is from another model/dataset -- use the same MODEL and --dataset, or a new --out")
         done_seqs = meta["sequences_done"]
-    store = TokenStore(out / "tokens.bin", n_seq, S, mode="w+")
+    if rank == 0:
+        store = TokenStore(out / "tokens.bin", n_seq, S, mode="w+")
+    if world_size > 1:  # rank 0 creates the shared store; the others open it after
+        torch.distributed.barrier()
+        if rank != 0:
+            store = TokenStore(out / "tokens.bin", n_seq, S, mode="r+")
 
     texts = iter_texts(a.dataset, a.dataset_column, a.dataset_split)
     # Validate the first document before the heavy loop (clear errors come first).
     bos = tokenizer.bos_token_id
-    bar = tqdm(total=n_seq * S, initial=done_seqs * S, unit="tok", unit_scale=True, desc="harvest")
+    bar = tqdm(total=n_seq * S, initial=done_seqs * S, unit="tok", unit_scale=True, desc="harvest", disable=rank != 0)
     t0, n_batch = time.time(), 0
     for first, ids in batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs):
+        if (first // a.batch_size) % world_size != rank:  # torchrun: batch i belongs to rank i % world
+            done_seqs = first + len(ids)
+            bar.update(len(ids) * S)
+            continue
         ids = ids.to(device)
         acts, logits = hooked.run(ids, need_logits=a.output_stats)
         valid = ids != bos if (a.filter_bos and bos is not None) else None
@@ -262,9 +282,13 @@ def main(argv: list[str] | None = None) -> Path:
     store.flush()
     harvester.state.save(ckpt, {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model})
     hooked.close()
-    rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(harvester.state.n_tokens), VERSION)
-    build_results(harvester.state, rc, dicts, tokenizer, store, model, out)
-    print(f"harvest: {int(harvester.state.n_tokens):,} tokens, {cfg.n_latents} latents in {time.time() - t0:.1f}s -> {out}")
+    state = merge_across_ranks(harvester.state)
+    if rank == 0:
+        rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+        if latent_scores:
+            rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
+        build_results(state, rc, dicts, tokenizer, store, model, out)
+        print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents, {world_size} process(es) in {time.time() - t0:.1f}s -> {out}")
     return out
 
 

@@ -44,7 +44,9 @@ MIN_COUNT = 2
 def run_config(a, model, dicts, sites, cfg: StateConfig, n_seq: int, n_tokens: int, version: str) -> RunConfig:
     hps, off = [], 0
     for site, d in zip(sites, dicts):
-        hps.append(HookpointInfo(name=site.name, module=site.module, dictionary=d.path, kind=d.kind, d_in=d.d_in, n_latents=d.n_latents, offset=off))
+        ids = d.latent_ids.tolist() if d.latent_ids is not None else None
+        hps.append(HookpointInfo(name=site.name, module=site.module, dictionary=d.path, kind=d.kind, d_in=d.d_in,
+                                 n_latents=d.n_latents, offset=off, latent_ids=ids))
         off += d.n_latents
     return RunConfig(
         model=a.model, model_class=type(model).__name__, n_layers=int(getattr(model.config, "num_hidden_layers", 0)),
@@ -90,7 +92,8 @@ def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, m
     s = {k: v.cpu() for k, v in state.tensors().items()}
     N = float(s["n_tokens"])
     vocab_str = token_strings(tokenizer, cfg.vocab_size)
-    keys = [f"{h.name}/{i}" for h in rc.hookpoints for i in range(h.n_latents)]
+    original = [(h, h.latent_ids[i] if h.latent_ids else i) for h in rc.hookpoints for i in range(h.n_latents)]
+    keys = [f"{h.name}/{i}" for h, i in original]
     lens = logit_lens(dicts, model, rc)
     count = s["count"]
     cooc_rows = state.cooc
@@ -118,7 +121,7 @@ def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, m
             co = pair_stats(cols[self_mask], w[self_mask], n_i, count.double(), N, keys.__getitem__, jaccard=True)
             corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(lat))
             comp = ComponentData(
-                component_key=keys[lat], hookpoint=hp.name, component_idx=lat - hp.offset, latent=lat,
+                component_key=keys[lat], hookpoint=hp.name, component_idx=original[lat][1], latent=lat,
                 firing_count=int(n_i), firing_density=n_i / N if N else 0.0,
                 mean_activation=float(s["act_sum"][lat]) / n_i, max_activation=float(s["act_max"][lat]),
                 histogram=s["hist"][lat].tolist(),

@@ -141,6 +141,8 @@ class HookpointInfo(msgspec.Struct):
     n_latents: int
     offset: int
     "Global index of this hookpoint's first latent."
+    latent_ids: list[int] | None = None
+    "Original dictionary indices when only a subset was harvested (--latents); else None."
 
 
 class RunConfig(msgspec.Struct, kw_only=True):

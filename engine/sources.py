@@ -110,9 +110,13 @@ def resolve(model: nn.Module, hookpoint: str) -> Site:
 class HookedModel:
     """Runs the model and returns the activations at the requested sites."""
 
-    def __init__(self, model: nn.Module, hookpoints: list[str]):
+    def __init__(self, model: nn.Module, hookpoints: list[str], read_input: list[bool] | None = None):
+        """read_input[i]: capture hookpoint i's module input (transcoders read the MLP input)."""
         self.model = model
         self.sites = [resolve(model, h) for h in hookpoints]
+        for site, flag in zip(self.sites, read_input or []):
+            if flag:
+                site.capture = "input"
         self._captured: dict[str, Tensor] = {}
         self._stop = False
         modules = dict(model.named_modules())

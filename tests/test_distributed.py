@@ -1,0 +1,55 @@
+"""torchrun with 2 CPU processes (gloo) gives the single-process harvest."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.harvest import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
+from engine.schemas import ComponentData
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["-m", "engine.harvest", DEFAULT_MODEL, DEFAULT_SAE, "--dataset", DEFAULT_DATASET, "--n-batches", "6",
+        "--batch-size", "4", "--context-length", "64", "--top-k", "5", "--n-random", "4", "--window", "3", "--device", "cpu"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _components(out):
+    dec = msgspec.json.Decoder(ComponentData)
+    with open(out / "harvest" / "components.jsonl", "rb") as f:
+        return {c.latent: c for c in map(dec.decode, f)}
+
+
+def test_two_process_gloo_equals_single_process(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *ARGS, "--out", str(single)], check=True, cwd=ROOT, capture_output=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                        "--master-port", str(_free_port()), *ARGS, "--out", str(multi)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(str(single / "harvest" / "stats.safetensors"))
+    b = load_file(str(multi / "harvest" / "stats.safetensors"))
+    for k in ("count", "hist", "tok_total"):
+        assert torch.equal(a[k], b[k]), k
+    torch.testing.assert_close(a["act_sum"], b["act_sum"], rtol=1e-9, atol=1e-9)
+    assert torch.equal(a["act_max"], b["act_max"])
+    ca, cb = _components(single), _components(multi)
+    assert ca.keys() == cb.keys()
+    for lat in ca:
+        x, y = ca[lat], cb[lat]
+        assert [(e.sequence, e.position) for e in x.top_examples] == [(e.sequence, e.position) for e in y.top_examples]
+        assert [(e.sequence, e.position) for e in x.random_examples] == [(e.sequence, e.position) for e in y.random_examples]
+        assert x.top_examples == y.top_examples
+        assert x.input_token_stats == y.input_token_stats
+        assert x.correlations == y.correlations
