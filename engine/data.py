@@ -30,8 +30,9 @@ from engine.errors import UserError
 DEFAULT_CORPUS = Path(__file__).parent / "assets" / "default" / "corpus.jsonl.gz"
 
 
-def iter_texts(dataset: str, column: str = "text", split: str = "train") -> Iterator[str]:
-    """Yield document texts; errors name the file/line/column and the fix."""
+def iter_texts(dataset: str, column: str = "text", split: str = "train", where: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield document texts; `where` keeps JSON records whose fields equal the given values.
+    Errors name the file/line/column and the fix."""
     p = Path(dataset)
     name = p.name
     if p.is_file() and (name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz", ".txt", ".txt.gz"))):
@@ -53,6 +54,8 @@ def iter_texts(dataset: str, column: str = "text", split: str = "train") -> Iter
                         raise UserError(f"{p}:{lineno} is not valid JSON ({e.msg}) -- fix or drop that line") from None
                     if column not in rec:
                         raise UserError(f"{p}:{lineno} has no column {column!r} (has {', '.join(sorted(rec))}) -- pass --dataset-column")
+                    if where and any(str(rec.get(k)) != v for k, v in where.items()):
+                        continue
                     text = rec[column]
                 else:
                     text = line.rstrip("\n")
@@ -60,7 +63,8 @@ def iter_texts(dataset: str, column: str = "text", split: str = "train") -> Iter
                     n += 1
                     yield text
         if n == 0:
-            raise UserError(f"{p} holds no text -- check the file and --dataset-column")
+            hint = f" matching {where}" if where else ""
+            raise UserError(f"{p} holds no text{hint} -- check the file and --dataset-column")
         return
     yield from _iter_hf(dataset, column, split)
 

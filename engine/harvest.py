@@ -19,6 +19,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import time
@@ -187,6 +188,9 @@ def pick_device(name: str) -> torch.device:
 
 def load_model(path: str, device, dtype: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if not Path(path).exists() and ("/" not in path or path.startswith((".", "/"))):
         raise UserError(f"model {path} does not exist -- give a local HF model folder or a hub name")
@@ -227,8 +231,11 @@ def main(argv: list[str] | None = None) -> Path:
     from engine.sources import HookedModel
 
     hooked = HookedModel(model, hookpoints, read_input=[d.transcoder for d in dicts])
-    for d in dicts:
+    probe, _ = hooked.run(torch.zeros(1, 2, dtype=torch.int64, device=device), need_logits=False)
+    for name, d in zip(hookpoints, dicts):
         d.to(device)
+        if probe[name].shape[-1] != d.d_in:
+            raise UserError(f"hookpoint {name} has width {probe[name].shape[-1]} but dictionary {d.path} expects d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
     S = a.context_length
     n_seq = a.n_batches * a.batch_size if a.n_batches else math.ceil(a.n_tokens / S)
     vocab = max(len(tokenizer), model.config.vocab_size)
@@ -255,32 +262,40 @@ def main(argv: list[str] | None = None) -> Path:
             store = TokenStore(out / "tokens.bin", n_seq, S, mode="r+")
 
     texts = iter_texts(a.dataset, a.dataset_column, a.dataset_split)
-    # Validate the first document before the heavy loop (clear errors come first).
+    texts = itertools.chain([next(texts)], texts)  # the first record is validated before any work starts
     bos = tokenizer.bos_token_id
     bar = tqdm(total=n_seq * S, initial=done_seqs * S, unit="tok", unit_scale=True, desc="harvest", disable=rank != 0)
     t0, n_batch = time.time(), 0
-    for first, ids in batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs):
-        if (first // a.batch_size) % world_size != rank:  # torchrun: batch i belongs to rank i % world
+    meta = lambda: {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model}
+    try:
+        for first, ids in batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs):
+            if (first // a.batch_size) % world_size != rank:  # torchrun: batch i belongs to rank i % world
+                done_seqs = first + len(ids)
+                bar.update(len(ids) * S)
+                continue
+            ids = ids.to(device)
+            acts, logits = hooked.run(ids, need_logits=a.output_stats)
+            valid = ids != bos if (a.filter_bos and bos is not None) else None
+            seq_ids = torch.arange(first, first + len(ids), device=device)
+            harvester.update(acts, ids, seq_ids=seq_ids, valid=valid, logits=logits)
+            store.write(first, ids)
             done_seqs = first + len(ids)
+            n_batch += 1
             bar.update(len(ids) * S)
-            continue
-        ids = ids.to(device)
-        acts, logits = hooked.run(ids, need_logits=a.output_stats)
-        valid = ids != bos if (a.filter_bos and bos is not None) else None
-        seq_ids = torch.arange(first, first + len(ids), device=device)
-        harvester.update(acts, ids, seq_ids=seq_ids, valid=valid, logits=logits)
-        store.write(first, ids)
-        done_seqs = first + len(ids)
-        n_batch += 1
-        bar.update(len(ids) * S)
-        if a.checkpoint_every and n_batch % a.checkpoint_every == 0:
+            if a.checkpoint_every and n_batch % a.checkpoint_every == 0:
+                store.flush()
+                harvester.state.save(ckpt, meta())
+    except (UserError, KeyboardInterrupt):
+        bar.close()
+        if n_batch:  # keep the work done so far; --resume continues from here
             store.flush()
-            harvester.state.save(ckpt, {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model})
+            harvester.state.save(ckpt, meta())
+        raise
     bar.close()
     if done_seqs == 0:
         raise UserError(f"dataset {a.dataset} produced no full sequence of {S} tokens -- use more text or a shorter --context-length")
     store.flush()
-    harvester.state.save(ckpt, {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model})
+    harvester.state.save(ckpt, meta())
     hooked.close()
     state = merge_across_ranks(harvester.state)
     if rank == 0:

@@ -66,7 +66,12 @@ def _ranked(names, index: Tensor, value: Tensor, count: Tensor, n: int, descendi
     if len(value) == 0:
         return []
     o = torch.argsort(value, descending=descending, stable=True)[:n]
-    return [Scored(names(int(index[i])), int(index[i]), round(float(value[i]), 6), round(float(count[i]), 6)) for i in o]
+    return [Scored(names(int(index[i])), int(index[i]), _sig(value[i]), _sig(count[i])) for i in o]
+
+
+def _sig(x) -> float:
+    """6 significant digits: compact JSON, relative error < 1e-6."""
+    return float(f"{float(x):.6g}")
 
 
 def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, names, jaccard=False):

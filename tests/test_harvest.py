@@ -167,9 +167,11 @@ def _cli_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as e:
         run_cli(harvest_main, argv)
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
-    return err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # progress bars may precede it; the error is one line
+    assert last.startswith("error: ") and " -- " in last, err
+    return last
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
