@@ -35,16 +35,17 @@ from engine.sources import HookedModel
 
 
 @torch.no_grad()
-def firing_counts(hooked, dictionary, tokenizer, dataset, where, n_tokens, context_length, batch_size, device, column="text"):
-    """-> (count [L] int64, act_sum [L] float64, tokens counted)."""
+def firing_counts(hooked, dictionary, tokenizer, dataset, where, n_tokens, context_length, batch_size, device, column="text", skip_tokens=0):
+    """-> (count [L] int64, act_sum [L] float64, tokens counted) over n_tokens after the first skip_tokens."""
     L = dictionary.n_latents
     count = torch.zeros(L, dtype=torch.int64, device=device)
     act_sum = torch.zeros(L, dtype=torch.float64, device=device)
-    n_seq = math.ceil(n_tokens / context_length)
+    skip = math.ceil(skip_tokens / context_length)
+    n_seq = skip + math.ceil(n_tokens / context_length)
     N = 0
     bos = tokenizer.bos_token_id
-    for _, ids in tqdm(batches(pack(iter_texts(dataset, column, where=where), tokenizer, context_length), batch_size, n_seq),
-                       total=math.ceil(n_seq / batch_size), desc=f"select {dataset if not where else where}", unit="batch"):
+    for _, ids in tqdm(batches(pack(iter_texts(dataset, column, where=where), tokenizer, context_length), batch_size, n_seq, skip=skip),
+                       total=math.ceil((n_seq - skip) / batch_size), desc=f"select {dataset if not where else where}", unit="batch"):
         ids = ids.to(device)
         acts, _ = hooked.run(ids, need_logits=False)
         x = next(iter(acts.values()))
