@@ -44,7 +44,7 @@ from engine.errors import UserError
 from engine.pair_counts import PairCounter, choose_mode
 
 
-@dataclass
+@dataclass(frozen=True)
 class StateConfig:
     n_latents: int
     "L: latents over all hookpoints."
