@@ -86,7 +86,7 @@ class Harvester:
         if logits is not None and self.state.cfg.output_stats:
             probs = torch.softmax(logits.float().reshape(B * S, -1), dim=-1)  # [B*S, V]
             v = valid.reshape(-1) if valid is not None else torch.ones(B * S, dtype=torch.bool, device=self.device)
-            next_mass = (probs * v[:, None]).sum(0, dtype=torch.float64)
+            next_mass = (v.to(probs.dtype) @ probs).double()  # [V] mass over valid positions
             top_p, top_id = probs.topk(self.state.cfg.output_top, dim=-1)
             next_top = (top_id, top_p)
         self.state.update(tokens, firings, seq_ids=seq_ids.to(self.device), valid=valid, next_top=next_top, next_mass=next_mass)

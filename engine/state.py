@@ -43,6 +43,9 @@ from torch import Tensor
 from engine.errors import UserError
 from engine.pair_counts import PairCounter, choose_mode
 
+SCATTER_COST = 64
+"FLOP-equivalents of one scattered pair update, for the co-occurrence cost model."
+
 
 @dataclass(frozen=True)
 class StateConfig:
@@ -273,20 +276,23 @@ class HarvestState:
             buf_val[rows] = torch.where(from_old | (cand >= 0), v, 0.0)
 
     def _cooc(self, tok: Tensor, lat: Tensor, n_tok: int) -> None:
+        """Co-firing counts. Cost model per batch: a dense matmul F^T F costs 2 N L^2 FLOPs;
+        scattering every same-token pair costs ~SCATTER_COST per pair (sum_t k_t^2 pairs).
+        The cheaper one runs; both give identical counts."""
         L = self.cfg.n_latents
-        if self.cooc.mode == "dense":
+        per_tok = torch.bincount(tok, minlength=n_tok)  # [N] firings per token
+        n_pairs = int((per_tok * per_tok).sum())
+        if self.cooc.mode == "dense" and 2 * n_tok * L * L < SCATTER_COST * n_pairs:
             F = torch.zeros(n_tok, L, dtype=torch.float32, device=tok.device)  # [N, L] binary firing matrix
             F[tok, lat] = 1.0
             self.cooc.table += (F.T @ F).to(self.cooc.dtype)
-        else:
-            starts = torch.searchsorted(tok, tok, side="left")
-            ends = torch.searchsorted(tok, tok, side="right")
-            n = ends - starts  # firings on this token
-            a = lat.repeat_interleave(n)
-            first = starts.repeat_interleave(n)
-            j = torch.arange(len(a), device=tok.device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-            b = lat[first + j]
-            self.cooc.add(a, b)
+            return
+        starts = torch.searchsorted(tok, tok, side="left")  # tok is sorted: first firing of this token
+        n = per_tok[tok]  # [M] firings on this entry's token
+        a = lat.repeat_interleave(n)
+        first = starts.repeat_interleave(n)
+        j = torch.arange(len(a), device=tok.device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        self.cooc.add(a, lat[first + j])
 
     # ------------------------------------------------------------------ merge
 

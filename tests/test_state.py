@@ -112,8 +112,10 @@ def check(state, ref, cfg):
     np.testing.assert_array_equal(dense_co.numpy(), ref["cooc"])
 
 
+@pytest.mark.parametrize("scatter_cost", [0, 10**12], ids=["pairs", "matmul"])
 @pytest.mark.parametrize("mode", ["dense", "sketch"])
-def test_single_pass_matches_brute_force(mode):
+def test_single_pass_matches_brute_force(mode, scatter_cost, monkeypatch):
+    monkeypatch.setattr("engine.state.SCATTER_COST", scatter_cost)
     tokens, acts, valid = make_data()
     n_seq, S, L = acts.shape
     # Big sketch: nothing is evicted, so the sketch must also be exact.
