@@ -205,3 +205,31 @@ def _write_small_sae(path: Path) -> None:
     path.mkdir()
     save_file({"W_enc": torch.zeros(8, 4), "b_enc": torch.zeros(4), "W_dec": torch.zeros(4, 8), "b_dec": torch.zeros(8)}, str(path / "sae_weights.safetensors"))
     (path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 8, "d_sae": 4}))
+
+
+def test_two_hookpoints_in_one_pass(tmp_path, harvested):
+    """SAE at block 2 plus raw neurons at block 1: the SAE part equals the single-hookpoint run."""
+    out = tmp_path / "two"
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "neurons:128", "--hookpoints", "blocks.2.hook_resid_post",
+                  "blocks.1.hook_resid_post", "--dataset", DEFAULT_DATASET, "--out", str(out), *SMALL])
+    rc = msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig)
+    assert [(h.name, h.offset, h.n_latents) for h in rc.hookpoints] == [("blocks.2.hook_resid_post", 0, 1024), ("blocks.1.hook_resid_post", 1024, 128)]
+    both = load_file(str(out / "harvest" / "stats.safetensors"))["count"]
+    single = load_file(str(harvested / "harvest" / "stats.safetensors"))["count"]
+    assert torch.equal(both[:1024], single)
+    comps = read_components(out)
+    neuron = next(c for c in comps.values() if c.latent >= 1024)
+    assert neuron.component_key == f"blocks.1.hook_resid_post/{neuron.latent - 1024}"
+    # Cross-hookpoint co-firing neighbours exist (SAE latents co-fire with raw neurons).
+    assert any(s.index >= 1024 for c in list(comps.values())[:50] for s in c.correlations.precision)
+
+
+def test_latent_subset(tmp_path, harvested):
+    out = tmp_path / "subset"
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", DEFAULT_DATASET, "--out", str(out), *SMALL, "--latents", "3,10-12,500"])
+    comps = read_components(out)
+    full = read_components(harvested)
+    assert sorted(c.component_idx for c in comps.values()) == [i for i in (3, 10, 11, 12, 500) if i in full]
+    for c in comps.values():
+        f = full[c.component_idx]
+        assert c.firing_count == f.firing_count and c.top_examples == f.top_examples
