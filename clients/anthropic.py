@@ -1,0 +1,187 @@
+"""Anthropic Messages API (`POST /v1/messages`): request body and reply classification.
+
+Body layout, so that everything shared is cached once and read at 10 % price:
+  system   [text block, cache_control]             instructions shared by all requests
+  messages [user: prefix block (cache_control), prompt block]
+  output_config.format = {type: json_schema, schema}  when a schema is given
+`temperature` is sent until a model rejects it (newer models return 400 for
+non-default sampling parameters); the client then drops it and resends.
+Anthropic returns no logprobs: asking for them is a configuration error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import msgspec
+
+from clients.backoff import retry_after_s
+from clients.base import CompletionRequest, CompletionResponse, StopReason
+from clients.config import ModelPrice, Prices
+from clients.keys import Secret
+from clients.structured import decode_output
+from clients.verdict import Verdict, http_verdict
+from engine.errors import UserError
+from engine.schemas import Usage
+
+log = logging.getLogger("clients")
+API_VERSION = "2023-06-01"
+
+STOP_REASONS: dict[str, StopReason] = {
+    "end_turn": "end", "stop_sequence": "end", "tool_use": "end", "pause_turn": "end",
+    "max_tokens": "max_tokens", "model_context_window_exceeded": "max_tokens", "refusal": "refusal",
+}
+
+
+class _CacheCreation(msgspec.Struct):
+    ephemeral_5m_input_tokens: int = 0
+    ephemeral_1h_input_tokens: int = 0
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int | None = 0
+    cache_read_input_tokens: int | None = 0
+    cache_creation: _CacheCreation | None = None
+    service_tier: str | None = None
+
+
+class _Block(msgspec.Struct):
+    type: str
+    text: str = ""
+
+
+class Message(msgspec.Struct):
+    """The subset of a Messages API reply that we read (unknown fields are ignored)."""
+
+    content: list[_Block] = []
+    stop_reason: str | None = None
+    model: str = ""
+    usage: _Usage = msgspec.field(default_factory=_Usage)
+
+
+class _ErrorInner(msgspec.Struct):
+    type: str = ""
+    message: str = ""
+    details: dict | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorInner = msgspec.field(default_factory=_ErrorInner)
+    request_id: str = ""
+
+
+_decode_message = msgspec.json.Decoder(Message).decode
+_decode_error = msgspec.json.Decoder(_ErrorBody).decode
+
+
+class AnthropicWire:
+    def __init__(self, model: str, base_url: str, key: Secret | None, prices: Prices, cache_ttl: str = "5m"):
+        if cache_ttl not in ("5m", "1h"):
+            raise UserError(f"cache_ttl must be '5m' or '1h', got {cache_ttl!r}")
+        self.model = model
+        self.url = base_url.rstrip("/") + "/v1/messages"
+        self._key = key
+        self.prices = prices
+        self.price: ModelPrice | None = prices.lookup(model)
+        self.cache_ttl = cache_ttl
+        self.send_temperature = True
+
+    def session_headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": API_VERSION}
+        if self._key is not None:
+            headers["x-api-key"] = self._key.value
+        return headers
+
+    # ------------------------------------------------------------------ request
+
+    def body(self, request: CompletionRequest) -> dict:
+        if request.logprobs or request.prompt_logprobs:
+            raise UserError("Anthropic models return no logprobs: use an openai-compatible server (vLLM) for "
+                            "logprob-based scoring, or set logprobs=0")
+        return params_body(request, self.model, self.cache_ttl, self.send_temperature)
+
+    def estimate_usd(self, request: CompletionRequest, payload_bytes: int) -> float:
+        if self.price is None:
+            return 0.0
+        # ~3 bytes per token is a pessimistic tokenizer estimate; output at its ceiling
+        return self.price.cost(payload_bytes // 3, request.max_tokens)
+
+    # ------------------------------------------------------------------ reply
+
+    def interpret(self, request: CompletionRequest, status: int, headers: Mapping[str, str], raw: bytes) -> Verdict:
+        request_id = headers.get("request-id", "")
+        if status == 200:
+            try:
+                message = _decode_message(raw)
+            except msgspec.DecodeError as e:  # cut-off or garbled body: transport trouble
+                return Verdict(kind="retry", error="connection", health="failed", detail=f"bad JSON body: {e}",
+                               request_id=request_id)
+            return Verdict(kind="done", response=self.response(request, message))
+        try:
+            err = _decode_error(raw)
+        except msgspec.DecodeError:  # e.g. a Cloudflare HTML page for 413
+            err = _ErrorBody()
+        detail = f"{status} {err.error.type}: {err.error.message or raw[:200].decode('utf-8', 'replace')}"
+        retry_after = retry_after_s(headers)
+        if status == 429 and (err.error.details or {}).get("error_code") == "enforced_spend_limit_reached":
+            return Verdict(kind="fatal", error="spend_limit", health="neutral", detail=detail, request_id=request_id)
+        if status == 402:
+            return Verdict(kind="fatal", error="spend_limit", health="neutral", detail=detail, request_id=request_id)
+        if status == 400 and self.send_temperature and "temperature" in err.error.message:
+            self.send_temperature = False
+            log.info("%s rejects `temperature`; sending requests without it", self.model)
+            return Verdict(kind="resend", error="http_400", health="neutral", detail=detail, request_id=request_id)
+        return http_verdict(status, retry_after, detail, err.request_id or request_id)
+
+    def response(self, request: CompletionRequest, message: Message, batch: bool = False) -> CompletionResponse:
+        """A CompletionResponse from a Messages reply (also used for Message Batches results)."""
+        text = "".join(b.text for b in message.content if b.type == "text")
+        stop = STOP_REASONS.get(message.stop_reason or "", "end")
+        usage = self.usage(message.usage, batch)
+        parsed, error = None, None
+        if stop == "refusal":
+            error = "refusal"
+        elif stop == "max_tokens":
+            error = "truncated"  # never decode cut-off JSON: a partial object can look valid
+        elif request.schema is not None:
+            value, error = decode_output(text, request.schema)
+            parsed = value if error is None else None
+        return CompletionResponse(custom_id=request.custom_id, text=text, parsed=parsed, stop_reason=stop,
+                                  usage=usage, model=message.model or self.model, error=error)
+
+    def usage(self, u: _Usage, batch: bool = False) -> Usage:
+        read = u.cache_read_input_tokens or 0
+        write = u.cache_creation_input_tokens or 0
+        if u.cache_creation is not None:
+            w5, w1 = u.cache_creation.ephemeral_5m_input_tokens, u.cache_creation.ephemeral_1h_input_tokens
+        else:
+            w5, w1 = (write, 0) if self.cache_ttl == "5m" else (0, write)
+        cost = 0.0
+        if self.price is not None:
+            cost = self.price.cost(u.input_tokens, u.output_tokens, read, w5, w1,
+                                   batch=batch or u.service_tier == "batch",
+                                   batch_discount=self.prices.batch_discount)
+        return Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, cache_read_input_tokens=read,
+                     cache_creation_input_tokens=write, cost_usd=cost)
+
+
+def params_body(request: CompletionRequest, model: str, cache_ttl: str = "5m", temperature: bool = True) -> dict:
+    """Messages API params for one request (the `params` of a batch entry too)."""
+    cache = {"type": "ephemeral"} if cache_ttl == "5m" else {"type": "ephemeral", "ttl": cache_ttl}
+    content = []
+    if request.prefix:
+        content.append({"type": "text", "text": request.prefix, "cache_control": cache})
+    if request.prompt or not content:  # the API rejects empty text blocks
+        content.append({"type": "text", "text": request.prompt})
+    body: dict = {"model": model, "max_tokens": request.max_tokens,
+                  "messages": [{"role": "user", "content": content}]}
+    if request.system:
+        body["system"] = [{"type": "text", "text": request.system, "cache_control": cache}]
+    if request.schema is not None:
+        body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema}}
+    if temperature:
+        body["temperature"] = request.temperature
+    return body

@@ -1,0 +1,37 @@
+"""How long to wait before the next attempt: the server's word first, else jittered exponential backoff."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+
+from clients.config import RetryPolicy
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: `retry-after-ms`, else `retry-after` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random = random._inst) -> float:
+    """Wait after failed attempt number `attempt` (1-based): base * 2^(attempt-1), capped, jittered down."""
+    step = min(policy.max_delay_s, policy.base_delay_s * 2.0 ** (attempt - 1))
+    return step * rng.uniform(1.0 - policy.jitter, 1.0)

@@ -1,0 +1,103 @@
+"""Run many requests through one client and hand each response over as soon as it is done.
+
+`run_requests` pulls requests lazily from any iterable, keeps a bounded
+window of them pending (more than the client's concurrency, so requests
+sleeping in backoff do not leave HTTP slots idle; the client's own limiter
+bounds what is on the wire), and calls `on_result` once per request, in
+completion order. Every request yields exactly one response: a failure is a
+response with `error` set, never a lost item. A duplicate `custom_id` is a
+UserError raised before that request is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import Counter
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+
+import msgspec
+from tqdm import tqdm
+
+from clients.base import Client, CompletionRequest, CompletionResponse
+from engine.errors import UserError
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """What one `run_requests` call did."""
+
+    completed: int
+    "Responses delivered (successes and failures)."
+    succeeded: int
+    failures: dict[str, int]
+    "Failed responses by error code."
+    cost_usd: float
+    "Cost of this run's responses."
+    wall_s: float
+
+
+async def run_requests(client: Client, requests: Iterable[CompletionRequest] | AsyncIterable[CompletionRequest],
+                       on_result: Callable[[CompletionResponse], None | Awaitable[None]], progress: bool = True,
+                       total: int | None = None, window: int | None = None, desc: str = "requests") -> RunSummary:
+    """Complete every request with `client`; `on_result(response)` (sync or async) as each finishes."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    window = window or 4 * getattr(client, "max_concurrent", 16)
+    if total is None and hasattr(requests, "__len__"):
+        total = len(requests)  # type: ignore[arg-type]
+    seen: set[str] = set()
+    failures: Counter[str] = Counter()
+    completed = succeeded = 0
+    cost = 0.0
+    bar = tqdm(total=total, desc=desc, unit="req", disable=not progress, dynamic_ncols=True)
+    pending: set[asyncio.Task] = set()
+    source = _aiter(requests)
+    exhausted = False
+    try:
+        while pending or not exhausted:
+            while not exhausted and len(pending) < window:
+                request = await anext(source, None)
+                if request is None:
+                    exhausted = True
+                    break
+                if request.custom_id in seen:
+                    raise UserError(f"duplicate custom_id {request.custom_id!r} in the requests: each item must "
+                                    "have a unique id")
+                seen.add(request.custom_id)
+                pending.add(asyncio.ensure_future(client.complete(request)))
+            if not pending:
+                break
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                response = task.result()
+                result = on_result(response)
+                if inspect.isawaitable(result):
+                    await result
+                completed += 1
+                cost += response.usage.cost_usd
+                if response.error is None:
+                    succeeded += 1
+                else:
+                    failures[response.error] += 1
+                bar.update(1)
+                if failures:
+                    bar.set_postfix(cost=f"${cost:.4f}", failed=sum(failures.values()), refresh=False)
+                else:
+                    bar.set_postfix(cost=f"${cost:.4f}", refresh=False)
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        bar.close()
+    return RunSummary(completed=completed, succeeded=succeeded, failures=dict(failures), cost_usd=cost,
+                      wall_s=loop.time() - started)
+
+
+async def _aiter(requests):
+    if hasattr(requests, "__aiter__"):
+        async for r in requests:
+            yield r
+    else:
+        for r in requests:
+            yield r

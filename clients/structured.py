@@ -1,0 +1,118 @@
+"""Decode a structured-output reply and check it against its JSON schema.
+
+Providers with native structured output return bare JSON; local servers
+without a grammar, or models asked without one, may wrap it in a ``` fence
+or a sentence. `decode_output` tries the bare text, then the fenced block,
+then the outermost {...} span, and checks the result with `schema_errors`
+(the subset of JSON Schema that `engine.schemas.provider_schema` emits, plus
+the usual numeric/length bounds).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+_decode = msgspec.json.Decoder().decode
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,), "null": (type(None),),
+    "integer": (int,), "number": (int, float),
+}
+
+
+def decode_output(text: str, schema: dict) -> tuple[Any, str | None]:
+    """(value, None) when `text` holds JSON matching `schema`;
+    else (value or None, 'invalid_json' | 'schema_mismatch')."""
+    value = _find_json(text)
+    if value is _MISSING:
+        return None, "invalid_json"
+    if schema_errors(value, schema):
+        return value, "schema_mismatch"
+    return value, None
+
+
+_MISSING = object()
+
+
+def _find_json(text: str) -> Any:
+    candidates = [text]
+    fenced = _FENCE.search(text)
+    if fenced:
+        candidates.append(fenced.group(1))
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for c in candidates:
+        try:
+            return _decode(c.strip())
+        except msgspec.DecodeError:
+            continue
+    return _MISSING
+
+
+def schema_errors(value: Any, schema: dict, path: str = "$", root: dict | None = None) -> list[str]:
+    """Every violation as 'path: reason' (empty when `value` conforms)."""
+    root = schema if root is None else root
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            return [f"{path}: external $ref {ref} not supported"]
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        return schema_errors(value, target, path, root)
+    errors: list[str] = []
+    if "anyOf" in schema or "oneOf" in schema:
+        options = schema.get("anyOf", schema.get("oneOf"))
+        if all(schema_errors(value, s, path, root) for s in options):
+            errors.append(f"{path}: matches none of {len(options)} alternatives")
+    for sub in schema.get("allOf", []):
+        errors += schema_errors(value, sub, path, root)
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: expected {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} not in {schema['enum']}")
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if not any(_is(value, k) for k in kinds):
+            return errors + [f"{path}: expected {kind}, got {type(value).__name__}"]
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        errors += [f"{path}: missing {k!r}" for k in schema.get("required", []) if k not in value]
+        extra = schema.get("additionalProperties", True)
+        for k, v in value.items():
+            if k in props:
+                errors += schema_errors(v, props[k], f"{path}.{k}", root)
+            elif extra is False:
+                errors.append(f"{path}: unexpected field {k!r}")
+            elif isinstance(extra, dict):
+                errors += schema_errors(v, extra, f"{path}.{k}", root)
+    elif isinstance(value, list):
+        prefix = schema.get("prefixItems", [])
+        for i, v in enumerate(value):
+            sub = prefix[i] if i < len(prefix) else schema.get("items")
+            if isinstance(sub, dict):
+                errors += schema_errors(v, sub, f"{path}[{i}]", root)
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
+            errors.append(f"{path}: {len(value)} items outside the allowed count")
+    elif isinstance(value, str):
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
+            errors.append(f"{path}: length {len(value)} outside the allowed range")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{path}: {value} < minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path}: {value} > maximum {schema['maximum']}")
+    return errors
+
+
+def _is(value: Any, kind: str) -> bool:
+    if isinstance(value, bool) and kind in ("integer", "number"):
+        return False
+    if kind == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _TYPES.get(kind, (object,)))
