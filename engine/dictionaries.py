@@ -121,6 +121,30 @@ class Dictionary:
         acts = self._encode_all(x)
         return acts if self._select is None else acts[:, self._select.to(acts.device)]
 
+    def _kernel_ok(self, x: Tensor) -> bool:
+        if self.activation not in ("relu", "jumprelu", "topk") or self.decoder_norm_scale is not None or self._select is not None:
+            return False
+        try:
+            from kernels.dispatch import use_triton
+        except ImportError:
+            return False
+        return use_triton(x)
+
+    def _encode_kernel(self, x: Tensor) -> Firings:
+        from kernels.encode_pack import default_capacity, encode_pack, sort_firings
+
+        xp = self.prepare(x).contiguous()  # input transform and b_dec subtraction, as the reference
+        capacity = default_capacity(len(xp), self.n_latents, self.activation, self.k)
+        while True:
+            f = encode_pack(xp, self.W_enc.float().contiguous(), self.b_enc.float().contiguous(), threshold=self.threshold,
+                            activation=self.activation, k=self.k, capacity=capacity)
+            n = int(f.count)  # the one host sync per batch: sizes the firings for the state update
+            if n <= capacity:
+                break
+            capacity = n  # overflow: rerun with room for every firing (never drops any)
+        f = sort_firings(f)
+        return Firings(f.tok[:n], f.lat[:n], f.val[:n])
+
     def _encode_all(self, x: Tensor) -> Tensor:
         x = self.prepare(x)
         if self.activation == "identity":
@@ -140,7 +164,14 @@ class Dictionary:
         return torch.zeros_like(pre).scatter_(1, idx, val.clamp(min=0))
 
     def encode(self, x: Tensor) -> Firings:
-        """[N, d_in] -> firings sorted by (tok, lat)."""
+        """[N, d_in] -> firings sorted by (tok, lat).
+
+        Fast path (chosen once by kernels.dispatch: CUDA + Triton, or AUTOINTERP_KERNELS=triton):
+        the fused Triton encode+pack, which never writes the dense [N, L] activations.
+        Otherwise, and for gated / identity / decoder-norm / subset-TopK dictionaries, the
+        dense torch reference below."""
+        if self._kernel_ok(x):
+            return self._encode_kernel(x)
         acts = self.encode_dense(x)
         tok, lat = torch.nonzero(acts > 0, as_tuple=True)
         return Firings(tok, lat, acts[tok, lat])

@@ -1,0 +1,139 @@
+"""Scorers: how well an explanation predicts where its latent fires, on held-out examples.
+
+Every scorer gets a `ScoreItem` (the explanation, held-out activating windows
+stratified over top/q1..qN, and verified non-activating windows) and returns
+`Details`: one `Row` per judged example (truth, 0/1 prediction, probability when
+one exists). `engine.score` turns rows into a ScoreResult with
+`engine.metrics.classification_report`. LLM scorers first return the requests
+they need (`calls`), then read the responses in the same order (`outcome`).
+
+    detection   judge says which plain excerpts the latent fires on      (LLM)
+    fuzz        judge says whether highlighted tokens fit the explanation (LLM)
+    simulation  judge predicts 0-10 per token; Pearson with the truth     (LLM)
+    embedding   MiniLM similarity of explanation and excerpt -> AUC       (offline)
+    intruder    judge finds the non-activating excerpt, no explanation    (LLM)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from engine.examples import Window, latent_rng
+from engine.prompts import Prompt
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Sizes and options shared by the scorers."""
+
+    n_activating: int = 40
+    "Held-out activating windows per latent (fewer when fewer are held out), spread over the strata."
+    n_negatives: int = 40
+    "Most non-activating windows per latent; scorers use as many as activating ones (balanced classes)."
+    per_prompt: int = 5
+    "Excerpts per detection / fuzz / intruder prompt."
+    n_simulated: int = 10
+    "Windows of each class sent to the simulator (one request each)."
+    logprobs: int = 0
+    "Top logprobs per output token (openai-compatible only): gives detection/fuzz AUC and simulation expected values."
+    max_tokens: int = 512
+    "Output ceiling per judge request."
+    n_boot: int = 1000
+    "Bootstrap resamples for the 95% intervals."
+    seed: int = 0
+    "Mixed with the component key and scorer name for every random choice."
+
+
+@dataclass
+class ScoreItem:
+    """What one latent's explanation is scored on."""
+
+    key: str
+    latent: int
+    label: str
+    max_act: float
+    activating: list[Window]
+    negatives: list[Window]
+    seed: int = 0
+
+    def rng(self, salt: str) -> np.random.Generator:
+        return latent_rng(self.key, self.seed, salt)
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    prompt: Prompt
+    schema: dict
+    schema_name: str
+    max_tokens: int
+    logprobs: int = 0
+
+
+class Row(msgspec.Struct, array_like=True):
+    """One judged example: `[id, stratum, activating, prediction, probability]`."""
+
+    id: str
+    stratum: str
+    activating: bool
+    prediction: bool | None
+    "None when the judge's reply for it could not be used (counted in n_failed)."
+    probability: float | None = None
+    "P(activating) or any ranking score (similarity, simulated max), when the scorer has one."
+
+
+class SimWindow(msgspec.Struct, array_like=True):
+    """Simulation of one window: `[id, stratum, true activations, predicted 0-10 values or null]`."""
+
+    id: str
+    stratum: str
+    true: list[float]
+    predicted: list[float] | None
+
+
+class Details(msgspec.Struct, kw_only=True):
+    """Everything a scorer saw and answered for one latent; one line of scores/details/<scorer>.jsonl."""
+
+    component_key: str
+    latent: int
+    scorer: str
+    label: str
+    rows: list[Row]
+    n_failed: int = 0
+    "Examples whose judgement failed (error or unparsable reply)."
+    errors: dict[str, int] = {}
+    "Failed requests by error code."
+    extra: dict[str, float] = {}
+    "Scorer-specific numbers: simulation pearson, intruder group_accuracy."
+    windows: list[SimWindow] = []
+    "Simulation only."
+
+
+def stratified(windows: list[Window], n: int, rng: np.random.Generator) -> list[Window]:
+    """Up to n windows, round robin over the strata (top, q1, q2, ...), random within each."""
+    by: dict[str, list[Window]] = {}
+    for w in windows:
+        by.setdefault(w.stratum, []).append(w)
+    queues = {k: [v[i] for i in rng.permutation(len(v))] for k, v in sorted(by.items())}
+    out: list[Window] = []
+    while len(out) < n and any(queues.values()):
+        for k in list(queues):
+            if queues[k] and len(out) < n:
+                out.append(queues[k].pop())
+    return out
+
+
+def registry(cfg: ScoreConfig, embedder=None) -> dict[str, object]:
+    from engine.scorers.detection import Detection
+    from engine.scorers.embedding import Embedding
+    from engine.scorers.fuzz import Fuzz
+    from engine.scorers.intruder import Intruder
+    from engine.scorers.simulation import Simulation
+
+    return {"detection": Detection(cfg), "fuzz": Fuzz(cfg), "simulation": Simulation(cfg),
+            "embedding": Embedding(cfg, embedder), "intruder": Intruder(cfg)}
+
+
+SCORERS = ("detection", "fuzz", "simulation", "embedding", "intruder")
