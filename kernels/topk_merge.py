@@ -122,7 +122,7 @@ def topk_merge_triton(buf_val, buf_loc, lat, val, loc, *, largest=True) -> Tenso
     if L == 0 or K == 0:
         return src
     check(K <= 256, f"topk_merge: K={K} > 256 does not fit the [K, K] rank tile; use topk_merge_torch")
-    val = val.float()
+    val, loc = val.float().contiguous(), loc.contiguous()  # the kernel reads them as dense 1-D
     order, lat_sorted = _sort_candidates(lat, val, loc, largest)
     rows = torch.arange(L, dtype=torch.int64, device=lat.device)
     seg_lo = torch.searchsorted(lat_sorted, rows)  # [L]

@@ -114,3 +114,21 @@ def test_bad_arguments_raise_one_line():
             fn(bv, bl.int(), lat, torch.zeros(3, device=DEVICE), lat)
         with pytest.raises(KernelArgError, match=r"\[M\]"):
             fn(bv, bl, lat, torch.zeros(2, device=DEVICE), lat)
+
+
+def test_triton_strided_candidates_match_reference():
+    """Candidates given as strided views (e.g. columns of a [M, 2] tensor) are read correctly."""
+    from kernels.topk_merge import topk_merge_torch, topk_merge_triton
+
+    g = torch.Generator().manual_seed(5)
+    L, K, M = 7, 3, 40
+    lat = torch.randint(0, L, (M,), generator=g)
+    pair = torch.rand(M, 2, generator=g)
+    locs = torch.randperm(3 * M, generator=g)[: 2 * M].reshape(M, 2)
+    outs = []
+    for fn in (topk_merge_torch, topk_merge_triton):
+        bv = torch.full((L, K), float("-inf"))
+        bl = torch.full((L, K), -1, dtype=torch.int64)
+        src = fn(bv, bl, lat, pair[:, 1], locs[:, 1])
+        outs.append((bv, bl, src))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][2], outs[1][2])
