@@ -26,7 +26,7 @@ BENCHES = {
     "memory": ["-m", "bench.memory"],
     "kernels": ["-m", "bench.kernels"],
     "clients": ["-m", "bench.clients"],
-    "report": ["-m", "bench.report"],
+    "report": ["-m", "bench.report", "--n-latents", "5000", "--workers", "1"],
 }
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"

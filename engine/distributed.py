@@ -53,7 +53,7 @@ def merge_across_ranks(state: HarvestState) -> HarvestState:
     dist.all_reduce(state.act_max, op=dist.ReduceOp.MAX)
     # Everything else (sample buffers, pair tables) merges through HarvestState.merge.
     rest = {k: v for k, v in state.tensors().items() if k not in SUMMED and k != "act_max"}
-    dense_tables = {k for k in rest if k.endswith(".table")}
+    dense_tables = [k for k in rest if k.endswith(".table")]  # a list: every rank must reduce in the same order
     for k in dense_tables:
         dist.all_reduce(rest[k], op=dist.ReduceOp.SUM)
     gathered = {k: _all_gather(v) for k, v in rest.items() if k not in dense_tables}

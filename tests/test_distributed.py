@@ -36,7 +36,7 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *ARGS, "--out", str(single)], check=True, cwd=ROOT, capture_output=True, env=env)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                        "--master-port", str(_free_port()), *ARGS, "--out", str(multi)], cwd=ROOT, capture_output=True, text=True, env=env)
+                        "--master-port", str(_free_port()), *ARGS, "--out", str(multi)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_file(str(single / "harvest" / "stats.safetensors"))
     b = load_file(str(multi / "harvest" / "stats.safetensors"))
