@@ -78,6 +78,12 @@ def main(argv=None) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = f"{BEGIN}\n## Latest CPU run ({stamp})\n\nMachine: {machine()}. Command: `make bench`.\n\n" + "\n".join(blocks) + f"{END}\n"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    if BEGIN in text and END in text and a.only:  # keep the blocks of benchmarks not rerun
+        old = text.split(BEGIN, 1)[1].split(END, 1)[0]
+        ran = {b.split("\n", 1)[0] for b in blocks}
+        kept = ["### " + b for b in old.split("### ")[1:] if "### " + b.split("\n", 1)[0] not in ran]
+        blocks = sorted(blocks + [k.rstrip("\n") + "\n" for k in kept], key=lambda b: list(BENCHES).index(b[4:].split("\n", 1)[0].strip()))
+        section = f"{BEGIN}\n## Latest CPU run ({stamp})\n\nMachine: {machine()}. Command: `make bench`.\n\n" + "\n".join(blocks) + f"{END}\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1].lstrip("\n")
