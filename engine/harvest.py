@@ -1,4 +1,4 @@
-"""Harvest: one pass over a dataset, every statistic of every latent.
+r"""Harvest: one pass over a dataset, every statistic of every latent.
 
     python -m engine.harvest [MODEL] [DICTIONARY ...] --hookpoints H [H ...] \
         --dataset FILE_OR_HUB --n-tokens N --batch-size B --context-length S --out RUN
@@ -147,9 +147,9 @@ class HarvestArgs:
 
 def parse_args(argv) -> HarvestArgs:
     p = argparse.ArgumentParser(prog="python -m engine.harvest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=HarvestArgs.__dataclass_fields__["model"].metadata.get("help", "HF causal LM folder or hub name"))
-    p.add_argument("dictionaries", nargs="*", help="dictionary per hookpoint (default: the embedded SAE)")
     docs = _field_docs(HarvestArgs)
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=docs["model"])
+    p.add_argument("dictionaries", nargs="*", help=docs["dictionaries"] + " Default: the embedded SAE.")
     for f in fields(HarvestArgs):
         if f.name in ("model", "dictionaries"):
             continue
