@@ -13,7 +13,9 @@ Formats (detected from the files, or forced with `kind=`):
   subtraction); a checkpoint root with one sub-folder per hookpoint is accepted with
   the hookpoint name;
 * Gemma Scope `params.npz` (JumpReLU, no b_dec subtraction);
-* `neurons:<d>`: raw neurons, identity encode; a neuron fires where it is > 0.
+* `neurons:<d>`: raw neurons, identity encode; a neuron fires where it is > 0;
+* SPD run folder (`final_config.yaml` + `model_<step>.pth`): one dictionary per decomposed
+  module, firing = causal importance > threshold (engine/spd.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import Tensor
 from engine.errors import UserError
 from engine.state import Firings
 
-ACTIVATIONS = ("relu", "jumprelu", "topk", "gated", "identity")
+ACTIVATIONS = ("relu", "jumprelu", "topk", "gated", "identity", "spd_ci")
 
 
 @dataclass
@@ -46,9 +48,9 @@ class Dictionary:
     b_dec_in: Tensor | None
     "[d_in] subtracted from the (transformed) input before encoding, or None."
     threshold: Tensor | None
-    "[L] JumpReLU thresholds."
+    "[L] JumpReLU thresholds (SPD: the CI firing threshold)."
     activation: str
-    "relu | jumprelu | topk | gated | identity."
+    "relu | jumprelu | topk | gated | identity | spd_ci."
     k: int
     "TopK k (0 otherwise)."
     W_dec: Tensor | None
@@ -66,6 +68,12 @@ class Dictionary:
     r_mag: Tensor | None = None
     transcoder: bool = False
     "Reads the hooked module's input (sparsify transcoders)."
+    ci_layers: list[tuple[Tensor, Tensor]] | None = None
+    "SPD causal-importance MLP: (W, b) per layer, GELU between (engine/spd.py)."
+    ci_type: str = ""
+    "SPD ci_fn_type: shared_mlp | mlp | vector_mlp."
+    ci_sigmoid: str = ""
+    "SPD CI squashing: clamp | sigmoid."
     latent_ids: Tensor | None = None
     "[L'] original indices when only a subset is harvested (see subset)."
     _select: Tensor | None = None
@@ -80,7 +88,7 @@ class Dictionary:
             raise UserError(f"--latents: index {max(ids)} is out of range for {self.path} ({self.n_latents} latents)")
         sel = torch.tensor(ids, dtype=torch.int64)
         self.latent_ids = sel
-        if self.activation == "topk":
+        if self.activation in ("topk", "spd_ci"):
             self._select = sel
         elif self.activation == "identity":
             self._select = sel
@@ -101,6 +109,8 @@ class Dictionary:
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 setattr(self, name, value.to(device=device, dtype=dtype if value.is_floating_point() and dtype else value.dtype))
+        if self.ci_layers is not None:
+            self.ci_layers = [(W.to(device), b.to(device)) for W, b in self.ci_layers]
         return self
 
     def prepare(self, x: Tensor) -> Tensor:
@@ -149,6 +159,11 @@ class Dictionary:
         x = self.prepare(x)
         if self.activation == "identity":
             return x.clamp(min=0)
+        if self.activation == "spd_ci":
+            from engine.spd import causal_importance
+
+            ci = causal_importance(self, x)
+            return torch.where(ci > self.threshold, ci, 0.0)
         if self.activation == "gated":
             gate = (x @ self.W_enc + self.b_gate) > 0
             mag = torch.relu(x @ (self.W_enc * torch.exp(self.r_mag)) + self.b_mag)
@@ -180,8 +195,9 @@ class Dictionary:
 # ----------------------------------------------------------------------------- loaders
 
 
-def load_dictionary(path: str, hookpoint: str | None = None, kind: str | None = None) -> Dictionary:
-    """Load a dictionary from a folder/file; `hookpoint` picks a sub-folder of multi-hookpoint checkpoints."""
+def load_dictionary(path: str, hookpoint: str | None = None, kind: str | None = None, ci_threshold: float = 0.0) -> Dictionary:
+    """Load a dictionary from a folder/file; `hookpoint` picks a sub-folder of multi-hookpoint checkpoints
+    (or the decomposed module of an SPD run, whose components fire where CI > `ci_threshold`)."""
     if path.startswith("neurons:"):
         try:
             d = int(path.split(":", 1)[1])
@@ -191,6 +207,10 @@ def load_dictionary(path: str, hookpoint: str | None = None, kind: str | None = 
     p = Path(path)
     if not p.exists():
         raise UserError(f"dictionary {path} does not exist -- give a sae-lens/sparsify folder, a params.npz, or neurons:<width>")
+    from engine.spd import is_spd_run, load_spd
+
+    if kind == "spd" or (kind is None and is_spd_run(p)):
+        return load_spd(p, hookpoint, ci_threshold)
     if p.is_dir() and hookpoint and (p / hookpoint).is_dir() and not (p / "cfg.json").exists():
         p = p / hookpoint
     if kind == "sae_lens" or (kind is None and (p / "sae_weights.safetensors").exists()):
@@ -201,7 +221,7 @@ def load_dictionary(path: str, hookpoint: str | None = None, kind: str | None = 
         return _load_npz(p if p.suffix == ".npz" else p / "params.npz")
     subs = sorted(q.name for q in p.iterdir() if q.is_dir()) if p.is_dir() else []
     hint = f" (it has sub-folders {', '.join(subs[:5])}: pass the hookpoint)" if subs else ""
-    raise UserError(f"dictionary {path}: unknown format{hint} -- expected cfg.json + sae_weights.safetensors (sae-lens), cfg.json + sae.safetensors (sparsify) or params.npz (Gemma Scope)")
+    raise UserError(f"dictionary {path}: unknown format{hint} -- expected cfg.json + sae_weights.safetensors (sae-lens), cfg.json + sae.safetensors (sparsify), params.npz (Gemma Scope) or final_config.yaml + model_<step>.pth (SPD)")
 
 
 def _read_json(path: Path) -> dict:

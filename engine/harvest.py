@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from engine.dictionaries import Dictionary, load_dictionary
+from engine.spd import is_spd_run, run_modules
 from engine.errors import UserError, run_cli
 from engine.state import Firings, HarvestState, StateConfig
 
@@ -100,7 +101,7 @@ class HarvestArgs:
     model: str = DEFAULT_MODEL
     "HF causal LM: local folder or hub name."
     dictionaries: list[str] | None = None
-    "Dictionary per hookpoint (sae-lens / sparsify folder, params.npz, neurons:<d>)."
+    "Dictionary per hookpoint (sae-lens / sparsify folder, params.npz, neurons:<d>, SPD run folder: one for all its modules)."
     hookpoints: list[str] | None = None
     "Hookpoints (TransformerLens names or HF module paths); default: from the dictionaries' configs."
     dataset: str = DEFAULT_DATASET
@@ -141,6 +142,8 @@ class HarvestArgs:
     "Seed of the reservoir sampling hash."
     latents: str = ""
     "Only these latents of the first dictionary: 1,5,9-20 or a JSON file with feature_indices (and scores)."
+    spd_ci_threshold: float = 0.0
+    "SPD runs: a component fires where its causal importance exceeds this."
     pair_budget_mb: int = 1024
     "Above this size the token and co-occurrence tables switch from dense to bounded sketches."
 
@@ -216,7 +219,11 @@ def main(argv: list[str] | None = None) -> Path:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     dict_paths = a.dictionaries or [DEFAULT_SAE]
-    dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None)) for i, p in enumerate(dict_paths)]
+    if len(dict_paths) == 1 and is_spd_run(dict_paths[0]):  # one SPD run: every (or each named) module
+        a.hookpoints = a.hookpoints or run_modules(dict_paths[0])
+        dict_paths = dict_paths * len(a.hookpoints)
+    dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None), ci_threshold=a.spd_ci_threshold)
+             for i, p in enumerate(dict_paths)]
     hookpoints = a.hookpoints or [d.hookpoint for d in dicts]
     latent_ids, latent_scores = parse_latents(a.latents)
     if latent_ids:
