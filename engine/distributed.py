@@ -14,6 +14,10 @@ merged with collectives:
   single-process pass exactly (reservoir keys are a hash of the data).
 
 Only rank 0 writes results. Works with NCCL (GPUs) and gloo (CPU, used in tests).
+
+With --latent-parallel the split is by latent instead (engine.harvest
+_finish_latent_parallel): every rank reads every batch, keeps rows [r L/N, (r+1) L/N)
+of every per-latent table (StateConfig.row_lo/row_hi) and writes their components.
 """
 
 from __future__ import annotations

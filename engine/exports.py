@@ -30,7 +30,7 @@ SCORE_FIELDS = ("f1", "precision", "recall", "balanced_accuracy", "auc")
 
 
 def _atomic_write(path: Path, data: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shards may write at the same time
     tmp.write_text(data, encoding="utf-8")
     os.replace(tmp, path)
 

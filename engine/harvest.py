@@ -22,6 +22,7 @@ import argparse
 import itertools
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -144,6 +145,8 @@ class HarvestArgs:
     "Only these latents of the first dictionary: 1,5,9-20 or a JSON file with feature_indices (and scores)."
     spd_ci_threshold: float = 0.0
     "SPD runs: a component fires where its causal importance exceeds this."
+    latent_parallel: bool = False
+    "Under torchrun: every rank reads every batch and keeps latents [r L/N, (r+1) L/N) (state memory / N, forward x N)."
     pair_budget_mb: int = 1024
     "Above this size the token and co-occurrence tables switch from dense to bounded sketches."
 
@@ -246,10 +249,15 @@ def main(argv: list[str] | None = None) -> Path:
     S = a.context_length
     n_seq = a.n_batches * a.batch_size if a.n_batches else math.ceil(a.n_tokens / S)
     vocab = max(len(tokenizer), model.config.vocab_size)
+    n_latents = sum(d.n_latents for d in dicts)
+    split = a.latent_parallel and world_size > 1
+    if split and world_size > n_latents:
+        raise UserError(f"--latent-parallel over {world_size} ranks needs at least as many latents (have {n_latents}) -- use fewer processes")
     cfg = StateConfig(
-        n_latents=sum(d.n_latents for d in dicts), vocab_size=vocab, seq_len=S, top_k=a.top_k,
+        n_latents=n_latents, vocab_size=vocab, seq_len=S, top_k=a.top_k,
         n_random=a.n_random, window=a.window, output_stats=a.output_stats, seed=a.seed,
         pair_budget_bytes=a.pair_budget_mb << 20,
+        row_lo=rank * n_latents // world_size if split else 0, row_hi=(rank + 1) * n_latents // world_size if split else 0,
     )
     out = Path(a.out) / "harvest"
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> Path:
     meta = lambda: {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model}
     try:
         for first, ids in batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs):
-            if (first // a.batch_size) % world_size != rank:  # torchrun: batch i belongs to rank i % world
+            if not split and (first // a.batch_size) % world_size != rank:  # data-parallel: batch i -> rank i % world
                 done_seqs = first + len(ids)
                 bar.update(len(ids) * S)
                 continue
@@ -285,7 +293,8 @@ def main(argv: list[str] | None = None) -> Path:
             valid = ids != bos if (a.filter_bos and bos is not None) else None
             seq_ids = torch.arange(first, first + len(ids), device=device)
             harvester.update(acts, ids, seq_ids=seq_ids, valid=valid, logits=logits)
-            store.write(first, ids)
+            if rank == 0 or not split:  # latent-parallel ranks all read the same batches
+                store.write(first, ids)
             done_seqs = first + len(ids)
             n_batch += 1
             bar.update(len(ids) * S)
@@ -304,6 +313,8 @@ def main(argv: list[str] | None = None) -> Path:
     store.flush()
     harvester.state.save(ckpt, meta())
     hooked.close()
+    if split:
+        return _finish_latent_parallel(a, harvester.state, model, dicts, hooked, tokenizer, store, out, done_seqs, latent_scores, t0)
     state = merge_across_ranks(harvester.state)
     if rank == 0:
         rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
@@ -311,6 +322,48 @@ def main(argv: list[str] | None = None) -> Path:
             rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
         build_results(state, rc, dicts, tokenizer, store, model, out)
         print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents, {world_size} process(es) in {time.time() - t0:.1f}s -> {out}")
+    return out
+
+
+def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokenizer, store, out: Path, done_seqs: int,
+                            latent_scores, t0: float) -> Path:
+    """Each rank writes the components of its latent range; rank 0 writes the stats and joins the parts."""
+    import torch.distributed as dist
+
+    from engine.distributed import world
+    from engine.results import STATS, run_config, write_components, write_summary
+
+    rank, world_size = world()
+    cfg = state.cfg
+    lo, hi = cfg.rows
+    full = {}  # per-latent tensors of every rank, assembled by a sum of zero-padded rows
+    for name in ("count", "act_sum", "act_max", "hist"):
+        t = getattr(state, name)
+        whole = torch.zeros((cfg.n_latents, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        whole[lo:hi] = t
+        dist.all_reduce(whole, op=dist.ReduceOp.SUM)  # rows are disjoint: the sum places them
+        full[name] = whole.cpu()
+    full["tok_total"] = state.tok_total.cpu()  # every rank saw every token
+    rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+    rc.extra["latent_parallel"] = world_size
+    if latent_scores:
+        rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
+    part = out / f"components.rank{rank}.jsonl"
+    write_components(state, rc, dicts, tokenizer, store, model, part, full["count"], progress=rank == 0)
+    dist.barrier()
+    if rank == 0:
+        write_summary(rc, {k: full[k] for k in STATS}, out)
+        tmp = out / "components.jsonl.tmp"
+        with open(tmp, "wb") as f:  # ranges are ordered by rank: the parts concatenate in latent order
+            for r in range(world_size):
+                with open(out / f"components.rank{r}.jsonl", "rb") as p:
+                    shutil.copyfileobj(p, f)
+        tmp.replace(out / "components.jsonl")
+        for r in range(world_size):
+            (out / f"components.rank{r}.jsonl").unlink()
+        print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents over {world_size} latent-parallel "
+              f"processes in {time.time() - t0:.1f}s -> {out}")
+    dist.barrier()
     return out
 
 

@@ -42,6 +42,7 @@ from engine.labels_search import Background, search_label
 from engine.latent_sets import parse_latents
 from engine.prompts import Prompt, render
 from engine.resultsio import JsonlAppender, iter_records
+from engine.shards import Shard, iter_family, log_path
 from engine.schemas import ComponentData, Explanation, ExplanationOutput, HookpointInfo, RunConfig, provider_schema
 
 PROVIDERS = ("search", "anthropic", "openrouter", "openai-compatible")
@@ -87,6 +88,8 @@ class InterpretConfig:
     "Dollar cap; requests that could pass it are not sent."
     dry_run: bool = False
     "Print one prompt and the token and cost estimate for the whole run; send nothing."
+    shard: str = ""
+    "'k/N': explain only latent range k of N, into its own log (engine.shards); '' = all."
     progress: bool = True
 
 
@@ -140,8 +143,9 @@ def primary(records: list[Explanation]) -> Explanation | None:
 
 
 def read_explanations(run_dir: Path) -> dict[int, list[Explanation]]:
+    """latent -> its explanations from results.jsonl and any shard logs beside it (engine.shards)."""
     out: dict[int, list[Explanation]] = {}
-    for e in iter_records(run_dir / "interpretations" / "results.jsonl", Explanation):
+    for e in iter_family(run_dir / "interpretations" / "results.jsonl", Explanation):
         out.setdefault(e.latent, []).append(e)
     return out
 
@@ -252,12 +256,13 @@ def prepare_labels(run_dir: Path, existing: dict[int, list[Explanation]]) -> tup
     return labels, background
 
 
-def _pending_latents(run_dir: Path, cfg: InterpretConfig, keep: set[int] | None) -> tuple[list[int], Labels, Background]:
-    """Labels for the prompts, and which selected latents are left to explain."""
+def _pending_latents(run_dir: Path, cfg: InterpretConfig, keep: set[int] | None,
+                     owns=lambda latent: True) -> tuple[list[int], Labels, Background]:
+    """Labels for the prompts, and which selected latents (of this shard) are left to explain."""
     existing = read_explanations(run_dir)
     labels, background = prepare_labels(run_dir, existing)
     todo = [c.latent for c in iter_components(run_dir, keep)
-            if not any(is_done(e, cfg) for e in existing.get(c.latent, []))]
+            if owns(c.latent) and not any(is_done(e, cfg) for e in existing.get(c.latent, []))]
     return todo, labels, background
 
 
@@ -310,8 +315,10 @@ def run_interpret(run_dir: str | Path, cfg: InterpretConfig, negatives=None, cli
         raise UserError(f"--provider {cfg.provider} needs --model (e.g. claude-haiku-4-5)")
     rc = load_run_config(run_dir)
     keep = selection(cfg.latents)
-    todo, labels, background = _pending_latents(run_dir, cfg, keep)
-    out = run_dir / "interpretations" / "results.jsonl"
+    shard = Shard.parse(cfg.shard)
+    todo, labels, background = _pending_latents(run_dir, cfg, keep,
+                                                (lambda lat: shard.owns(lat, rc.n_latents)) if shard else (lambda lat: True))
+    out = log_path(run_dir / "interpretations" / "results.jsonl", shard)
     counts = Counter(skipped=0, written=0, failed=0, not_sent=0)
     if cfg.explainer == "contrastive" and cfg.provider != "search" and negatives is None and todo:
         from engine.negatives import open_source
@@ -385,7 +392,7 @@ async def _run_llm(run_dir: Path, rc: RunConfig, cfg: InterpretConfig, inputs, l
                 from clients.anthropic_batches import BatchPolicy, run_batches
 
                 await run_batches(client, list(requests()), on_result,
-                                  state_path=run_dir / "interpretations" / "batches.json",
+                                  state_path=log_path(run_dir / "interpretations" / "batches.json", Shard.parse(cfg.shard)),
                                   policy=BatchPolicy(poll_interval_s=cfg.batch_poll_s), progress=cfg.progress)
             else:
                 await run_requests(client, requests(), on_result, progress=cfg.progress, total=total, desc="explain")
@@ -459,13 +466,14 @@ def parse_args(argv: list[str] | None) -> tuple[Path, InterpretConfig]:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-cost", type=float, default=None, help="dollar cap for this run")
     p.add_argument("--dry-run", action="store_true", help="print one prompt and the estimated tokens and cost")
+    p.add_argument("--shard", default="", help="k/N: only latent range k of N, into its own log; merge with python -m engine.merge")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     cfg = InterpretConfig(provider=a.provider, model=a.model, base_url=a.base_url, api_key_env=a.api_key_env,
                           max_concurrent=a.max_concurrent, batch=a.batch, explainer=a.explainer,
                           non_activating=a.non_activating, n_non_activating=a.n_non_activating, latents=a.latents,
                           max_examples=a.max_examples, max_tokens=a.max_tokens, temperature=a.temperature,
-                          max_cost=a.max_cost, dry_run=a.dry_run, progress=not a.no_progress)
+                          max_cost=a.max_cost, dry_run=a.dry_run, shard=a.shard, progress=not a.no_progress)
     return a.run_dir, cfg
 
 
@@ -473,7 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir, cfg = parse_args(argv)
     counts = run_interpret(run_dir, cfg)
     if not cfg.dry_run:
-        print(f"interpret: {counts['written']} written -> {run_dir / 'interpretations' / 'results.jsonl'}")
+        print(f"interpret: {counts['written']} written -> {log_path(run_dir / 'interpretations' / 'results.jsonl', Shard.parse(cfg.shard))}")
     return counts
 
 

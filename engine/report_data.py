@@ -136,7 +136,9 @@ class Annotations:
     """Explanations and scores of a run, refreshed from their logs as writers append."""
 
     def __init__(self, run_dir: Path):
-        self.results = JsonlLog(run_dir / "interpretations" / "results.jsonl", Explanation)
+        self.results_main = run_dir / "interpretations" / "results.jsonl"
+        self.result_logs: dict[Path, JsonlLog[Explanation]] = {}
+        "results.jsonl and its shard logs (engine.shards)."
         self.scores_dir = run_dir / "scores"
         self.score_logs: dict[Path, JsonlLog[ScoreResult]] = {}
         self.explanations: dict[int, list[Explanation]] = {}
@@ -148,9 +150,12 @@ class Annotations:
     def refresh(self) -> bool:
         """Read what the logs gained since the last call; True when anything changed."""
         new = False
-        for e in self.results.read_new():
-            self.explanations.setdefault(e.latent, []).append(e)
-            new = True
+        from engine.shards import family
+
+        for path in family(self.results_main):
+            for e in self.result_logs.setdefault(path, JsonlLog(path, Explanation)).read_new():
+                self.explanations.setdefault(e.latent, []).append(e)
+                new = True
         for path in sorted(self.scores_dir.glob("*.jsonl")) if self.scores_dir.is_dir() else []:
             log = self.score_logs.setdefault(path, JsonlLog(path, ScoreResult))
             for s in log.read_new():
@@ -162,7 +167,7 @@ class Annotations:
 
     def torn_logs(self) -> list[str]:
         """'file (N bytes)' for every log whose unterminated last line the last read skipped."""
-        logs = [self.results, *self.score_logs.values()]
+        logs = [*self.result_logs.values(), *self.score_logs.values()]
         return [f"{log.path} ({log.torn} bytes)" for log in logs if log.torn]
 
     def primary(self, latent: int) -> Explanation | None:

@@ -92,51 +92,71 @@ def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, 
     return out
 
 
+STATS = ("count", "act_sum", "act_max", "hist", "tok_total")
+"Per-latent (and per-token) tensors of stats.safetensors."
+
+
 def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, model, out: Path) -> None:
+    s = {k: v.cpu() for k, v in state.tensors().items()}
+    write_summary(rc, s, out)
+    write_components(state, rc, dicts, tokenizer, store, model, out / "components.jsonl", s["count"])
+
+
+def write_summary(rc: RunConfig, stats: dict[str, Tensor], out: Path) -> None:
+    """config.json and stats.safetensors (all latents)."""
+    (out / "config.json").write_bytes(msgspec.json.format(msgspec.json.encode(rc)))
+    save_file({k: stats[k].contiguous() for k in STATS}, str(out / "stats.safetensors"))
+
+
+def write_components(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, model, path: Path,
+                     all_counts: Tensor, progress: bool = True) -> None:
+    """One ComponentData line per latent of the state's rows that fired, written to `path` via a temp file.
+    all_counts [n_latents]: firing counts of every latent (co-occurrence marginals; a latent-parallel
+    state only counts its own rows)."""
     cfg = state.cfg
+    lo, _ = cfg.rows
     s = {k: v.cpu() for k, v in state.tensors().items()}
     N = float(s["n_tokens"])
     vocab_str = token_strings(tokenizer, cfg.vocab_size)
     original = [(h, h.latent_ids[i] if h.latent_ids else i) for h in rc.hookpoints for i in range(h.n_latents)]
     keys = [f"{h.name}/{i}" for h, i in original]
     lens = logit_lens(dicts, model, rc)
-    count = s["count"]
+    count = all_counts.cpu()
     cooc_rows = state.cooc
-    (out / "config.json").write_bytes(msgspec.json.format(msgspec.json.encode(rc)))
-    save_file({k: s[k].contiguous() for k in ("count", "act_sum", "act_max", "hist", "tok_total")}, str(out / "stats.safetensors"))
     enc = msgspec.json.Encoder()
-    tmp = out / "components.jsonl.tmp"
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        for lat in tqdm(torch.nonzero(count > 0).squeeze(1).tolist(), desc="results", unit="latent"):
+        for row in tqdm(torch.nonzero(s["count"] > 0).squeeze(1).tolist(), desc="results", unit="latent", disable=not progress):
+            lat = lo + row  # global latent index; `row` indexes this state's tensors
             n_i = float(count[lat])
             hp = next(h for h in rc.hookpoints if h.offset <= lat < h.offset + h.n_latents)
-            cols, w = state.in_tok.row_entries(lat)
+            cols, w = state.in_tok.row_entries(row)
             ins = pair_stats(cols.cpu(), w.cpu(), n_i, s["tok_total"].double(), N, vocab_str.__getitem__)
             in_stats = TokenStats(top_precision=ins["precision"], top_recall=ins["recall"], top_pmi=ins["pmi"],
-                                  exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(lat))
+                                  exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(row))
             out_stats = None
             if state.out_tok is not None and len(s["out_total"]):
-                cols, w = state.out_tok.row_entries(lat)
+                cols, w = state.out_tok.row_entries(row)
                 o = pair_stats(cols.cpu(), w.cpu(), n_i, s["out_total"], N, vocab_str.__getitem__)
                 out_stats = TokenStats(top_precision=o["precision"], top_recall=o["recall"], top_pmi=o["pmi"],
-                                       exact=False, error_bound=state.out_tok.error_bound(lat))
-            cols, w = cooc_rows.row_entries(lat)
+                                       exact=False, error_bound=state.out_tok.error_bound(row))
+            cols, w = cooc_rows.row_entries(row)
             cols, w = cols.cpu(), w.cpu()
             self_mask = cols != lat
             co = pair_stats(cols[self_mask], w[self_mask], n_i, count.double(), N, keys.__getitem__, jaccard=True)
-            corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(lat))
+            corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(row))
             comp = ComponentData(
                 component_key=keys[lat], hookpoint=hp.name, component_idx=original[lat][1], latent=lat,
                 firing_count=int(n_i), firing_density=n_i / N if N else 0.0,
-                mean_activation=float(s["act_sum"][lat]) / n_i, max_activation=float(s["act_max"][lat]),
-                histogram=s["hist"][lat].tolist(),
-                top_examples=examples(s["top_loc"][lat], s["top_val"][lat], s["top_win"][lat], store, cfg.window, vocab_str, "top"),
-                random_examples=examples(s["res_loc"][lat], s["res_val"][lat], s["res_win"][lat], store, cfg.window, vocab_str, "random"),
+                mean_activation=float(s["act_sum"][row]) / n_i, max_activation=float(s["act_max"][row]),
+                histogram=s["hist"][row].tolist(),
+                top_examples=examples(s["top_loc"][row], s["top_val"][row], s["top_win"][row], store, cfg.window, vocab_str, "top"),
+                random_examples=examples(s["res_loc"][row], s["res_val"][row], s["res_win"][row], store, cfg.window, vocab_str, "random"),
                 input_token_stats=in_stats, output_token_stats=out_stats,
                 logit_lens=lens(lat, vocab_str) if lens else None, correlations=corr,
             )
             f.write(enc.encode(comp) + b"\n")
-    tmp.replace(out / "components.jsonl")
+    tmp.replace(path)
 
 
 def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, vocab_str, source) -> list[ActivationExample]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,7 @@ from engine.interpret import (
 )
 from engine.metrics import bootstrap_ci, classification_report, pearson
 from engine.resultsio import JsonlAppender, iter_records
+from engine.shards import Shard, iter_family, log_path
 from engine.schemas import ComponentData, Explanation, ExplanationOutput, ScoreResult, Usage, provider_schema
 from engine.scorers import SCORERS, Details, ScoreConfig, ScoreItem, registry
 
@@ -81,6 +83,8 @@ class ScoreRunConfig:
     max_examples: int = 20
     "Examples shown to --best-of candidates' explainer."
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    shard: str = ""
+    "'k/N': score only latent range k of N, into its own logs (engine.shards); '' = all."
     progress: bool = True
 
 
@@ -150,8 +154,14 @@ class Waiting:
 
 
 def _done(run_dir: Path, scorer: str) -> set[tuple[int, str]]:
-    return {(r.latent, r.label) for r in iter_records(run_dir / "scores" / f"{scorer}.jsonl", ScoreResult)
+    return {(r.latent, r.label) for r in iter_family(run_dir / "scores" / f"{scorer}.jsonl", ScoreResult)
             if r.error is None}
+
+
+def _owned(rc, cfg: ScoreRunConfig):
+    """latent -> whether this process scores it (its --shard range)."""
+    shard = Shard.parse(cfg.shard)
+    return (lambda latent: shard.owns(latent, rc.n_latents)) if shard else (lambda latent: True)
 
 
 def _make_client(cfg: ScoreRunConfig):
@@ -192,7 +202,7 @@ def run_score(run_dir: str | Path, cfg: ScoreRunConfig, negatives=None, client=N
     if own_client:
         client = _make_client(cfg)
     asyncio.run(_score_all(run_dir, rc, cfg, scorers, negatives, client, own_client))
-    summary = summarize(run_dir, list(scorers), selection(cfg.latents), cfg.score.n_boot)
+    summary = summarize(run_dir, list(scorers), selection(cfg.latents), cfg.score.n_boot, Shard.parse(cfg.shard))
     print(format_summary(summary))
     from engine.exports import write_exports
 
@@ -216,8 +226,10 @@ async def _score_pass(run_dir: Path, rc, cfg: ScoreRunConfig, scorers: dict, neg
     keep = selection(cfg.latents)
     explanations = read_explanations(run_dir)
     done = {name: _done(run_dir, name) for name in scorers}
-    writers = {name: (JsonlAppender(run_dir / "scores" / f"{name}.jsonl", ScoreResult),
-                      JsonlAppender(run_dir / "scores" / "details" / f"{name}.jsonl", Details)) for name in scorers}
+    shard, owned = Shard.parse(cfg.shard), _owned(rc, cfg)
+    writers = {name: (JsonlAppender(log_path(run_dir / "scores" / f"{name}.jsonl", shard), ScoreResult),
+                      JsonlAppender(log_path(run_dir / "scores" / "details" / f"{name}.jsonl", shard), Details))
+               for name in scorers}
     for res, det in writers.values():
         res.open()
         det.open()
@@ -232,6 +244,8 @@ async def _score_pass(run_dir: Path, rc, cfg: ScoreRunConfig, scorers: dict, neg
 
     def items():
         for c in iter_components(run_dir, keep):
+            if not owned(c.latent):
+                continue
             e = primary(explanations.get(c.latent, []))
             names = [n for n in scorers if e is not None and (c.latent, e.label) not in done[n]]
             if not names:
@@ -303,8 +317,9 @@ async def best_of_n(run_dir: Path, rc, cfg: ScoreRunConfig, scorers: dict, negat
     tag = f"{cfg.explainer}+best-of-{cfg.best_of}"
     existing = read_explanations(run_dir)
     keep = selection(cfg.latents)
+    owned = _owned(rc, cfg)
     todo = {c.latent for c in iter_components(run_dir, keep)
-            if not any(e.explainer == tag and e.model == cfg.model and e.error is None for e in existing.get(c.latent, []))}
+            if owned(c.latent) and not any(e.explainer == tag and e.model == cfg.model and e.error is None for e in existing.get(c.latent, []))}
     if not todo:
         return
     labels, background = prepare_labels(run_dir, existing)
@@ -378,7 +393,7 @@ async def best_of_n(run_dir: Path, rc, cfg: ScoreRunConfig, scorers: dict, negat
         add_usage(got[latent][k].usage, response.usage)
 
     await run_requests(client, select_requests(), on_judgement, progress=cfg.progress, desc="best-of select")
-    with JsonlAppender(run_dir / "interpretations" / "results.jsonl", Explanation) as log:
+    with JsonlAppender(log_path(run_dir / "interpretations" / "results.jsonl", Shard.parse(cfg.shard)), Explanation) as log:
         for latent, cands in got.items():
             item, selection_ids = chosen_sets[latent]
             scores = []
@@ -404,16 +419,19 @@ async def best_of_n(run_dir: Path, rc, cfg: ScoreRunConfig, scorers: dict, negat
 
 def _last(path: Path, type_, keep: set[int] | None):
     out = {}
-    for r in iter_records(path, type_):
+    for r in iter_family(path, type_):
         out[r.latent] = r
     return {k: v for k, v in out.items() if keep is None or k in keep}
 
 
-def summarize(run_dir: Path, names: list[str], keep_idx: set[int] | None, n_boot: int = 1000) -> dict:
-    """Per scorer: latents scored, per-latent means, good features, pooled metrics with latent-bootstrap CIs."""
+def summarize(run_dir: Path, names: list[str], keep_idx: set[int] | None, n_boot: int = 1000,
+              shard: Shard | None = None) -> dict:
+    """Per scorer: latents scored, per-latent means, good features, pooled metrics with latent-bootstrap CIs.
+    Reads the main logs and every shard log; with `shard`, only its latents, into summary.shard-k-of-N.json."""
     keep = None
-    if keep_idx is not None:
-        keep = {c.latent for c in iter_components(run_dir, keep_idx)}
+    if keep_idx is not None or shard is not None:
+        n = load_run_config(run_dir).n_latents
+        keep = {c.latent for c in iter_components(run_dir, keep_idx) if shard is None or shard.owns(c.latent, n)}
     out = {}
     for name in names:
         results = {k: r for k, r in _last(run_dir / "scores" / f"{name}.jsonl", ScoreResult, keep).items()}
@@ -463,9 +481,11 @@ def summarize(run_dir: Path, names: list[str], keep_idx: set[int] | None, n_boot
         if "_group" in s:
             s["mean_group_accuracy"] = float(np.mean(s.pop("_group")))
         out[name] = s
-    path = run_dir / "scores" / "summary.json"
+    path = log_path(run_dir / "scores" / "summary.json", shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # whole file or nothing, even beside other shards
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp, path)
     return out
 
 
@@ -528,6 +548,7 @@ def parse_args(argv: list[str] | None) -> tuple[Path, ScoreRunConfig]:
     p.add_argument("--per-prompt", type=int, default=d.per_prompt)
     p.add_argument("--n-simulated", type=int, default=d.n_simulated)
     p.add_argument("--logprobs", type=int, default=0, help="top logprobs per output token (openai-compatible)")
+    p.add_argument("--shard", default="", help="k/N: only latent range k of N, into its own logs; merge with python -m engine.merge")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.best_of < 1:
@@ -538,7 +559,7 @@ def parse_args(argv: list[str] | None) -> tuple[Path, ScoreRunConfig]:
                                      api_key_env=a.api_key_env, max_concurrent=a.max_concurrent, max_cost=a.max_cost,
                                      non_activating=a.non_activating, latents=a.latents, best_of=a.best_of,
                                      best_of_temperature=a.best_of_temperature, explainer=a.explainer, score=sc,
-                                     progress=not a.no_progress)
+                                     shard=a.shard, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -79,6 +79,15 @@ class StateConfig:
     "Sketch slots per latent for co-occurrence."
     seed: int = 0
     "Seed of the reservoir key hash."
+    row_lo: int = 0
+    "Latent-parallel harvest: first latent whose statistics this state keeps."
+    row_hi: int = 0
+    "One past the last kept latent (0 = n_latents). Co-occurrence columns always span all latents."
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """[lo, hi) of the latents this state keeps rows for."""
+        return self.row_lo, self.row_hi or self.n_latents
 
     def hist_edges(self) -> list[float]:
         step = (self.hist_hi - self.hist_lo) / self.n_bins
@@ -178,7 +187,11 @@ def gather_windows(keys: Tensor, vals: Tensor, n_latents: int, q_tok: Tensor, q_
 class HarvestState:
     def __init__(self, cfg: StateConfig, device: str | torch.device = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
-        L, V, K, R, W2 = cfg.n_latents, cfg.vocab_size, cfg.top_k, cfg.n_random, 2 * cfg.window + 1
+        lo, hi = cfg.rows
+        if not 0 <= lo < hi <= cfg.n_latents:
+            raise ValueError(f"row range [{lo}, {hi}) is not inside [0, {cfg.n_latents})")
+        # L: rows kept here (all latents unless latent-parallel); co-occurrence columns span all n_latents
+        L, V, K, R, W2 = hi - lo, cfg.vocab_size, cfg.top_k, cfg.n_random, 2 * cfg.window + 1
         z = dict(device=self.device)
         self.n_tokens = torch.zeros((), dtype=torch.int64, **z)
         self.count = torch.zeros(L, dtype=torch.int64, **z)
@@ -196,7 +209,7 @@ class HarvestState:
         self.in_tok = PairCounter(L, V, mode=choose_mode(L, V, cfg.pair_budget_bytes), slots=cfg.token_slots, dtype=torch.float64, device=self.device)
         self.out_total = torch.zeros(V if cfg.output_stats else 0, dtype=torch.float64, **z)
         self.out_tok = PairCounter(L, V, mode=choose_mode(L, V, cfg.pair_budget_bytes), slots=cfg.token_slots, dtype=torch.float64, device=self.device) if cfg.output_stats else None
-        self.cooc = PairCounter(L, L, mode=choose_mode(L, L, cfg.pair_budget_bytes), slots=cfg.cooc_slots, dtype=torch.float64, device=self.device)
+        self.cooc = PairCounter(L, cfg.n_latents, mode=choose_mode(L, cfg.n_latents, cfg.pair_budget_bytes), slots=cfg.cooc_slots, dtype=torch.float64, device=self.device)
 
     # ------------------------------------------------------------------ update
 
@@ -228,8 +241,12 @@ class HarvestState:
             valid = torch.ones_like(tokens, dtype=torch.bool)
         flat_valid = valid.reshape(-1)
         keep = (firings.lat >= 0) & flat_valid[firings.tok.clamp(min=0)] & (firings.val > 0)
-        tok, lat, val = firings.tok[keep], firings.lat[keep], firings.val[keep].float()  # [M]
-        L = cfg.n_latents
+        all_tok, all_lat = firings.tok[keep], firings.lat[keep]  # every latent: co-occurrence columns
+        lo, hi = cfg.rows
+        if (lo, hi) != (0, cfg.n_latents):  # latent-parallel: keep this state's rows, renumbered from 0
+            keep = keep & (firings.lat >= lo) & (firings.lat < hi)
+        tok, lat, val = firings.tok[keep], firings.lat[keep] - lo, firings.val[keep].float()  # [M]
+        L = hi - lo
 
         self.n_tokens += flat_valid.sum()
         self.tok_total.index_add_(0, flat_tokens[flat_valid], torch.ones_like(flat_tokens[flat_valid]))
@@ -248,7 +265,7 @@ class HarvestState:
         loc = seq_ids[tok // S] * S + tok % S  # [M] int64 global location
         keys = tok * L + lat  # sorted because firings are sorted by (tok, lat)
         self._merge(self.top_val, self.top_loc, self.top_win, None, lat, val, loc, val, tok, keys, largest=True)
-        rkey = reservoir_keys(loc, lat, L, cfg.seed)
+        rkey = reservoir_keys(loc, lat + lo, cfg.n_latents, cfg.seed)  # global ids: the same sample however split
         self._merge(self.res_key, self.res_loc, self.res_win, self.res_val, lat, rkey, loc, val, tok, keys, largest=False)
 
         self.in_tok.add(lat, flat_tokens[tok])
@@ -256,7 +273,7 @@ class HarvestState:
             ids, probs = next_top  # [B*S, T]
             T = ids.shape[1]
             self.out_tok.add(lat.repeat_interleave(T), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
-        self._cooc(tok, lat, B * S)
+        self._cooc(all_tok, all_lat, B * S)
 
     def _merge(self, buf, buf_loc, buf_win, buf_val, lat, score, loc, val, tok, keys, largest):
         rows, prov, cand = merge_rows(buf, buf_loc, lat, score, loc, largest)
@@ -267,7 +284,7 @@ class HarvestState:
         win_old = buf_win[rows].gather(1, old[..., None].expand(-1, -1, buf_win.shape[2]))  # [U, K, 2W+1]
         new_u, new_j = torch.nonzero(~from_old & (cand >= 0), as_tuple=True)
         ci = cand[new_u, new_j]
-        win_new = gather_windows(keys, val, self.cfg.n_latents, tok[ci], lat[ci], self.cfg.window, self.cfg.seq_len)
+        win_new = gather_windows(keys, val, len(self.count), tok[ci], lat[ci], self.cfg.window, self.cfg.seq_len)
         win_old[new_u, new_j] = win_new
         buf_win[rows] = win_old
         if buf_val is not None:
@@ -276,23 +293,29 @@ class HarvestState:
             buf_val[rows] = torch.where(from_old | (cand >= 0), v, 0.0)
 
     def _cooc(self, tok: Tensor, lat: Tensor, n_tok: int) -> None:
-        """Co-firing counts. Cost model per batch: a dense matmul F^T F costs 2 N L^2 FLOPs;
+        """Co-firing counts of this state's rows [lo, hi) with every latent, from all firings
+        (global ids). Cost model per batch: a dense matmul F_rows^T F costs 2 N L_rows L FLOPs;
         scattering every same-token pair costs ~SCATTER_COST per pair (sum_t k_t^2 pairs).
         The cheaper one runs; both give identical counts."""
         L = self.cfg.n_latents
+        lo, hi = self.cfg.rows
         per_tok = torch.bincount(tok, minlength=n_tok)  # [N] firings per token
         n_pairs = int((per_tok * per_tok).sum())
-        if self.cooc.mode == "dense" and 2 * n_tok * L * L < SCATTER_COST * n_pairs:
+        if self.cooc.mode == "dense" and 2 * n_tok * (hi - lo) * L < SCATTER_COST * n_pairs:
             F = torch.zeros(n_tok, L, dtype=torch.float32, device=tok.device)  # [N, L] binary firing matrix
             F[tok, lat] = 1.0
-            self.cooc.table += (F.T @ F).to(self.cooc.dtype)
+            self.cooc.table += (F[:, lo:hi].T @ F).to(self.cooc.dtype)
             return
         starts = torch.searchsorted(tok, tok, side="left")  # tok is sorted: first firing of this token
         n = per_tok[tok]  # [M] firings on this entry's token
         a = lat.repeat_interleave(n)
         first = starts.repeat_interleave(n)
         j = torch.arange(len(a), device=tok.device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-        self.cooc.add(a, lat[first + j])
+        b = lat[first + j]
+        if (lo, hi) != (0, L):
+            mine = (a >= lo) & (a < hi)
+            a, b = a[mine], b[mine]
+        self.cooc.add(a - lo, b)
 
     # ------------------------------------------------------------------ merge
 

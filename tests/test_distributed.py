@@ -31,13 +31,26 @@ def _components(out):
         return {c.latent: c for c in map(dec.decode, f)}
 
 
-def test_two_process_gloo_equals_single_process(tmp_path):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, *ARGS, "--out", str(single)], check=True, cwd=ROOT, capture_output=True, env=env)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    subprocess.run([sys.executable, *ARGS, "--out", str(out)], check=True, cwd=ROOT, capture_output=True, env=ENV)
+    return out
+
+
+def _torchrun(out, *extra):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                        "--master-port", str(_free_port()), *ARGS, "--out", str(multi)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+                        "--master-port", str(_free_port()), *ARGS, "--out", str(out), *extra], cwd=ROOT, capture_output=True,
+                       text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_two_process_gloo_equals_single_process(tmp_path, single):
+    multi = tmp_path / "multi"
+    _torchrun(multi)
     a = load_file(str(single / "harvest" / "stats.safetensors"))
     b = load_file(str(multi / "harvest" / "stats.safetensors"))
     for k in ("count", "hist", "tok_total"):
@@ -53,3 +66,15 @@ def test_two_process_gloo_equals_single_process(tmp_path):
         assert x.top_examples == y.top_examples
         assert x.input_token_stats == y.input_token_stats
         assert x.correlations == y.correlations
+
+
+def test_latent_parallel_ranks_write_the_single_process_results(tmp_path, single):
+    """--latent-parallel: each rank keeps half the latents (all batches); the joined output is the same bytes."""
+    split = tmp_path / "split"
+    _torchrun(split, "--latent-parallel", "--checkpoint-every", "2")
+    for name in ("components.jsonl", "stats.safetensors", "tokens.bin"):
+        assert (split / "harvest" / name).read_bytes() == (single / "harvest" / name).read_bytes(), name
+    assert not list((split / "harvest").glob("components.rank*"))
+    halves = [load_file(str(split / "harvest" / "checkpoint" / f"rank{r}" / "tensors.safetensors")) for r in range(2)]
+    assert [len(h["count"]) for h in halves] == [512, 512]  # each rank held half of the 1024 latents
+    assert [h["cooc.table"].shape for h in halves] == [(512, 1024), (512, 1024)]

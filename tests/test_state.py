@@ -145,6 +145,34 @@ def test_merge_of_any_split_equals_single_pass(split, seed, batch):
         assert torch.equal(t, merged.tensors()[name]) or torch.allclose(t.double(), merged.tensors()[name].double(), rtol=1e-9), name
 
 
+@pytest.mark.parametrize("scatter_cost", [0, 10**12], ids=["pairs", "matmul"])
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(1, 6), max_size=3, unique=True), seed=st.integers(0, 1000))
+def test_latent_row_ranges_equal_the_rows_of_one_state(scatter_cost, cuts, seed):
+    """Latent-parallel: states keeping rows [lo, hi) hold exactly those rows of the full state."""
+    import engine.state
+
+    engine.state.SCATTER_COST, old = scatter_cost, engine.state.SCATTER_COST
+    try:
+        tokens, acts, valid = make_data(seed=seed)
+        n_seq, S, L = acts.shape
+        base = dict(n_latents=L, vocab_size=11, seq_len=S, top_k=3, n_random=3, window=1, output_stats=False)
+        full = HarvestState(StateConfig(**base))
+        feed(full, tokens, acts, valid, list(range(n_seq)))
+        edges = [0, *sorted(cuts), L]
+        for lo, hi in zip(edges, edges[1:]):
+            part = HarvestState(StateConfig(**base, row_lo=lo, row_hi=hi))
+            feed(part, tokens, acts, valid, list(range(n_seq)))
+            for name, t in part.tensors().items():
+                want = full.tensors()[name]
+                if name in ("n_tokens", "tok_total", "out_total"):  # global, every rank has them
+                    assert torch.equal(t, want), name
+                elif name.endswith(".table") or want.dim() >= 1 and len(want) == L:
+                    assert torch.equal(t, want[lo:hi]), (name, lo, hi)
+    finally:
+        engine.state.SCATTER_COST = old
+
+
 def test_sketch_error_bound_holds_under_eviction():
     from engine.pair_counts import PairCounter
 
