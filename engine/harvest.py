@@ -80,9 +80,9 @@ class Harvester:
         """acts {hookpoint: [B, S, d]} (or one tensor), tokens [B, S]; logits [B, S, V] enable output stats."""
         tokens = tokens.to(self.device)
         B, S = tokens.shape
-        if seq_ids is None:
+        if seq_ids is None:  # consecutive rows; no host sync either way
             seq_ids = torch.arange(self._next_seq, self._next_seq + B, device=self.device)
-        self._next_seq = int(seq_ids.max()) + 1 if seq_ids.numel() else self._next_seq
+            self._next_seq += B
         firings = self.encode(acts)
         next_top = next_mass = None
         if logits is not None and self.state.cfg.output_stats:

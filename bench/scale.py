@@ -1,0 +1,187 @@
+"""Harvest scaling on a Llama-shaped model with random weights: model size, latents, hookpoints.
+
+    python -m bench.scale --preset llama-8b          # a GPU: Llama-3.1-8B shape, 131k-latent TopK SAE
+    python -m bench.scale --preset tiny              # CPU: the same code path at toy size (CI runs this)
+
+No download: the model is built from a `LlamaConfig` with random weights and fed random
+token ids; the dictionaries are random TopK SAEs. Firing patterns of random weights are
+not those of a trained model, so these figures measure the machinery (encode, packing,
+accumulators), not a particular dictionary. Every row is timed against the bare forward
+with logits measured in the same run:
+
+  forward            model forward with logits (what any harvest must pay)
+  forward+encode     forward stopped after the hookpoint + dictionary encode
+  harvest (no out)   forward stopped after the hookpoint + encode + every statistic but output tokens
+  harvest            full forward + encode + every statistic incl. output-token stats
+  latents L          encode + statistics with an L-latent dictionary (activations precomputed)
+  hookpoints H       forward + encode + statistics with H hookpoints, one L-latent dictionary each
+
+and the peak device memory (CUDA) or RSS growth (CPU). The last stdout line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+
+import torch
+
+from engine.dictionaries import Dictionary
+from engine.harvest import Harvester
+from engine.sources import HookedModel
+from engine.state import StateConfig
+
+PRESETS = {
+    "llama-8b": dict(  # meta-llama/Llama-3.1-8B config.json
+        model=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
+        dtype="bfloat16", layer=16, latents=131072, k=64, batch=8, ctx=1024, batches=8,
+        sweep_latents=(4096, 16384, 65536, 131072), sweep_hooks=(1, 2, 4), device="cuda"),
+    "tiny": dict(
+        model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=1024, max_position_embeddings=256),
+        dtype="float32", layer=2, latents=2048, k=8, batch=4, ctx=64, batches=3,
+        sweep_latents=(512, 2048), sweep_hooks=(1, 2), device="cpu"),
+}
+
+
+def build_model(spec: dict, dtype: torch.dtype, device: torch.device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**spec, torch_dtype=dtype)).to(dtype)
+    return model.eval()
+
+
+def random_topk(d_in: int, n_latents: int, k: int, hook: str, device) -> Dictionary:
+    g = torch.Generator().manual_seed(n_latents)
+    W = (torch.randn(d_in, n_latents, generator=g) / d_in**0.5).to(device)
+    return Dictionary("random", "random:topk", hook, W, torch.zeros(n_latents, device=device), None, None, "topk", k,
+                      None, d_in, n_latents)
+
+
+class Meter:
+    """Wall time with device synchronisation, and peak memory growth."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, fn):
+        self.sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+        else:
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        out = fn()
+        self.sync()
+        dt = time.perf_counter() - t
+        if self.device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
+        else:
+            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        return dt, peak, out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--device", default=None, help="default: the preset's (cuda for llama-8b)")
+    p.add_argument("--batches", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--context-length", type=int, default=None)
+    p.add_argument("--latents", default=None, help="comma-separated latent counts for the sweep")
+    a = p.parse_args(argv)
+    ps = PRESETS[a.preset]
+    device = torch.device(a.device or ps["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--preset {a.preset} runs on CUDA and none is available here -- use --preset tiny or --device cpu")
+    B, S, n_b = a.batch_size or ps["batch"], a.context_length or ps["ctx"], a.batches or ps["batches"]
+    dtype = getattr(torch, ps["dtype"])
+    model = build_model(ps["model"], dtype, device)
+    V, d, n_layers = ps["model"]["vocab_size"], ps["model"]["hidden_size"], ps["model"]["num_hidden_layers"]
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, V, (B, S), generator=g).to(device) for _ in range(n_b)]
+    n_tok = n_b * B * S
+    meter = Meter(device)
+    hook = f"blocks.{ps['layer']}.hook_resid_post"
+    L, k = ps["latents"], ps["k"]
+    sae = random_topk(d, L, k, hook, device)
+
+    def cfg(n_latents, output_stats=True):
+        return StateConfig(n_latents=n_latents, vocab_size=V, seq_len=S, top_k=20, n_random=40, window=16,
+                           output_stats=output_stats, pair_budget_bytes=1 << 30)
+
+    def forward():
+        with torch.no_grad():
+            for ids in data:
+                model(input_ids=ids, use_cache=False)
+
+    def forward_encode():
+        for ids in data:
+            acts, _ = hooked.run(ids, need_logits=False)
+            sae.encode(acts[hook].reshape(-1, d))
+
+    def harvest(hm, dicts, hooks, output_stats):
+        h = Harvester(dicts, cfg(sum(x.n_latents for x in dicts), output_stats), hooks, device)
+        for ids in data:
+            acts, logits = hm.run(ids, need_logits=output_stats)
+            h.update(acts, ids, logits=logits)
+        return h
+
+    forward()  # warm-up (kernels compile, allocator settles)
+    rows = {}
+    rows["forward"] = meter(forward)[:2]  # before any hook is registered
+    hooked = HookedModel(model, [hook])
+    harvest(hooked, [sae], [hook], False)  # warm-up of the harvest path
+    rows["forward+encode"] = meter(forward_encode)[:2]
+    rows["harvest (no out)"] = meter(lambda: harvest(hooked, [sae], [hook], False))[:2]
+    rows["harvest"] = meter(lambda: harvest(hooked, [sae], [hook], True))[:2]
+
+    acts_cache = [hooked.run(ids, need_logits=False)[0] for ids in data]
+    sweep = [int(x) for x in a.latents.split(",")] if a.latents else list(ps["sweep_latents"])
+    for n in sweep:
+        dd = random_topk(d, n, k, hook, device)
+
+        def updates(dd=dd, n=n):
+            h = Harvester([dd], cfg(n, False), [hook], device)
+            for ids, acts in zip(data, acts_cache):
+                h.update(acts, ids)
+        updates()  # warm-up at this size
+        rows[f"latents {n}"] = meter(updates)[:2]
+    del acts_cache
+    hooked.close()
+    for H in ps["sweep_hooks"]:
+        layers = [round(n_layers * (i + 1) / (H + 1)) for i in range(H)]
+        hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+        dicts = [random_topk(d, L, k, hp, device) for hp in hooks]
+        hm = HookedModel(model, hooks)
+        rows[f"hookpoints {H}"] = meter(lambda hm=hm, dicts=dicts, hooks=hooks: harvest(hm, dicts, hooks, False))[:2]
+        hm.close()
+
+    base = rows["forward"][0]
+    mem = "peak CUDA +MB" if device.type == "cuda" else "peak RSS +MB"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"preset {a.preset}: {n_layers} layers, d_model {d}, vocab {V}, {ps['dtype']}; device {device} ({name}); "
+          f"torch {torch.__version__}; {n_tok:,} tokens per row ({n_b} x {B} x {S}); SAE {L} latents TopK k={k} at {hook}")
+    print(f"{'row':22s} {'tok/s':>12s} {'time / forward':>15s} {mem:>14s}")
+    for row, (t, m) in rows.items():
+        print(f"{row:22s} {n_tok / t:12,.0f} {t / base:15.2f} {m:14.1f}")
+    result = {"preset": a.preset, "device": str(device), "device_name": name, "tokens": n_tok,
+              "rows": {row: {"tok_per_s": round(n_tok / t), "vs_forward": round(t / base, 3), "peak_mb": round(m, 1)}
+                       for row, (t, m) in rows.items()}}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
