@@ -19,8 +19,8 @@ import msgspec
 from clients.backoff import retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, StopReason
 from clients.config import ModelPrice, Prices
-from clients.keys import Secret
-from clients.structured import decode_output
+from clients.keys import Secret, redact
+from clients.structured import UNDECODABLE, decode_output
 from clients.verdict import Verdict, http_verdict
 from engine.errors import UserError
 from engine.schemas import Usage
@@ -116,15 +116,16 @@ class AnthropicWire:
         if status == 200:
             try:
                 message = _decode_message(raw)
-            except msgspec.DecodeError as e:  # cut-off or garbled body: transport trouble
+            except UNDECODABLE as e:  # cut-off or garbled body: transport trouble
                 return Verdict(kind="retry", error="connection", health="failed", detail=f"bad JSON body: {e}",
                                request_id=request_id)
             return Verdict(kind="done", response=self.response(request, message))
         try:
             err = _decode_error(raw)
-        except msgspec.DecodeError:  # e.g. a Cloudflare HTML page for 413
+        except UNDECODABLE:  # e.g. a Cloudflare HTML page for 413
             err = _ErrorBody()
-        detail = f"{status} {err.error.type}: {err.error.message or raw[:200].decode('utf-8', 'replace')}"
+        # redact before cutting: a cut key would no longer match, and half of it would reach the log
+        detail = f"{status} {err.error.type}: {err.error.message or redact(raw.decode('utf-8', 'replace'))[:200]}"
         retry_after = retry_after_s(headers)
         if status == 429 and (err.error.details or {}).get("error_code") == "enforced_spend_limit_reached":
             return Verdict(kind="fatal", error="spend_limit", health="neutral", detail=detail, request_id=request_id)

@@ -47,6 +47,7 @@ from clients.base import CompletionRequest, CompletionResponse, failed
 from clients.http_client import HTTPClient
 from clients.keys import redact
 from clients.runner import RunSummary
+from clients.structured import UNDECODABLE
 from clients.verdict import http_verdict
 from engine.errors import UserError
 
@@ -141,7 +142,7 @@ def load_state(path: Path) -> BatchState:
         return BatchState()
     try:
         return msgspec.json.decode(path.read_bytes(), type=BatchState)
-    except msgspec.DecodeError as e:
+    except UNDECODABLE as e:
         raise UserError(f"{path}: unreadable batch state ({e}); it lists submitted batch ids, so fix it rather "
                         "than delete it, or delete it only if those batches are no longer wanted") from None
 
@@ -189,8 +190,8 @@ class BatchRunner:
                         return msgspec.json.decode(body)
                     try:
                         err = msgspec.json.decode(body, type=_ErrorBody).error
-                    except msgspec.DecodeError:
-                        err = _ErrorInner(message=body[:200].decode("utf-8", "replace"))
+                    except UNDECODABLE:
+                        err = _ErrorInner(message=redact(body.decode("utf-8", "replace"))[:200])  # redact, then cut
                     verdict = http_verdict(resp.status, retry_after_s(resp.headers), f"{err.type}: {err.message}",
                                            resp.headers.get("request-id", ""))
                     if verdict.kind != "retry":
@@ -275,7 +276,7 @@ class BatchRunner:
                 return
             try:
                 item = decode(line)
-            except msgspec.DecodeError as e:
+            except UNDECODABLE as e:
                 log.warning("batch %s: unreadable result line skipped (%s)", record.id, e)
                 return
             request = wanted.get(item.custom_id)

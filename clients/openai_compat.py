@@ -28,8 +28,8 @@ import msgspec
 from clients.backoff import retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, StopReason
 from clients.config import ModelPrice, Prices
-from clients.keys import Secret
-from clients.structured import decode_output
+from clients.keys import Secret, redact
+from clients.structured import UNDECODABLE, decode_output
 from clients.verdict import Verdict, http_verdict
 from engine.errors import UserError
 from engine.schemas import Usage
@@ -179,7 +179,7 @@ class OpenAIWire:
             return self._error_status(status, raw, retry_after, request_id)
         try:
             reply = _decode(raw)
-        except msgspec.DecodeError as e:
+        except UNDECODABLE as e:
             return Verdict(kind="retry", error="connection", health="failed", detail=f"bad JSON body: {e}",
                            request_id=request_id)
         usage = self.usage(reply.usage)
@@ -200,9 +200,11 @@ class OpenAIWire:
     def _error_status(self, status: int, raw: bytes, retry_after: float | None, request_id: str) -> Verdict:
         try:
             body = _decode_error(raw)
-        except msgspec.DecodeError:
+        except UNDECODABLE:
             body = _ErrorBody()
-        err = body.error or _Error(message=body.message or str(body.detail or raw[:200].decode("utf-8", "replace")))
+        # redact before cutting: a cut key would no longer match, and half of it would reach the log
+        fallback = body.message or str(body.detail or redact(raw.decode("utf-8", "replace"))[:200])
+        err = body.error or _Error(message=fallback)
         meta = err.metadata or {}
         detail = f"{status}: {err.message}"
         if status == 402:

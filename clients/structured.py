@@ -16,6 +16,9 @@ from typing import Any
 import msgspec
 
 _decode = msgspec.json.Decoder().decode
+UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What decoding JSON bytes can raise: bad JSON or fields (ValidationError is a DecodeError), a string
+that is not UTF-8, or nesting past the decoder's depth limit (e.g. a degenerate reply "[[[[...")."""
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,), "null": (type(None),),
@@ -48,7 +51,7 @@ def _find_json(text: str) -> Any:
     for c in candidates:
         try:
             return _decode(c.strip())
-        except msgspec.DecodeError:
+        except UNDECODABLE:
             continue
     return _MISSING
 

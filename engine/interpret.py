@@ -102,7 +102,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
         return msgspec.json.decode(path.read_bytes(), type=RunConfig)
     except FileNotFoundError:
         raise UserError(f"{path} not found -- is {run_dir} a run directory? Run python -m engine.harvest first") from None
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:  # as resultsio.UNDECODABLE
         raise UserError(f"{path}: not a RunConfig ({e}) -- re-run the harvest") from None
 
 

@@ -102,17 +102,18 @@ class NegativePool:
 
     @classmethod
     def load(cls, path: Path, meta: dict, vocab: list[str], seed: int) -> NegativePool | None:
-        """The cached pool, or None when absent or built with other settings."""
+        """The cached pool, or None when absent, unreadable or built with other settings."""
         try:
-            z = np.load(path)
-        except (FileNotFoundError, OSError, ValueError):
+            with np.load(path) as z:
+                if str(z["meta"]) != json.dumps(meta, sort_keys=True):
+                    return None
+                n_latents = int(z["n_latents"])
+                fires = np.unpackbits(z["fires"], axis=1, count=n_latents).astype(bool)
+                sequences, starts, token_ids = z["sequences"], z["starts"], z["token_ids"]
+                half_width = token_ids.shape[1] // 2
+        except Exception:  # noqa: BLE001 - absent, or damaged (BadZipFile, zlib.error, KeyError, ...): rebuilt
             return None
-        if str(z["meta"]) != json.dumps(meta, sort_keys=True):
-            return None
-        n_latents = int(z["n_latents"])
-        fires = np.unpackbits(z["fires"], axis=1, count=n_latents).astype(bool)
-        L = z["token_ids"].shape[1]
-        return cls(z["sequences"], z["starts"], z["token_ids"], fires, vocab, L // 2, seed)
+        return cls(sequences, starts, token_ids, fires, vocab, half_width, seed)
 
     # ------------------------------------------------------------------ windows
 

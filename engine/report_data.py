@@ -33,6 +33,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from engine.errors import UserError
+from engine.resultsio import UNDECODABLE
 from engine.schemas import ComponentData, Explanation, RunConfig, ScoreResult
 
 T = TypeVar("T")
@@ -100,7 +101,7 @@ class JsonlLog(Generic[T]):
                 out.append(self._dec.decode(tail))
                 self.offset += len(tail)
                 self.line_no += 1
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except UNDECODABLE:
                 self.torn = len(tail)
         return out
 
@@ -110,7 +111,7 @@ class JsonlLog(Generic[T]):
             return None
         try:
             return self._dec.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except UNDECODABLE as e:
             raise UserError(f"{self.path}:{self.line_no}: undecodable record ({e}) -- fix or delete that line; "
                             "only the last line of an append-only log may be torn") from None
 
@@ -298,7 +299,7 @@ class RunData:
                                 f"run `python -m engine.harvest ... --out {self.dir}` first")
         try:
             self.config = msgspec.json.decode(self.config_path.read_bytes(), type=RunConfig)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except UNDECODABLE as e:
             raise UserError(f"{self.config_path}: not a RunConfig ({e}) -- re-run the harvest or restore the file") from None
         if len(self.config.histogram_edges) < 2:
             raise UserError(f"{self.config_path}: histogram_edges has {len(self.config.histogram_edges)} values, "
@@ -328,13 +329,13 @@ class RunData:
     def decode_row_fields(self, line: bytes, offset: int) -> RowFields:
         try:
             return self._row_dec.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except UNDECODABLE as e:
             raise UserError(f"{self.components_path} (line at byte {offset}): not a ComponentData ({e}) -- re-run the harvest") from None
 
     def decode_component(self, line: bytes, offset: int) -> ComponentData:
         try:
             return self._comp_dec.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except UNDECODABLE as e:
             raise UserError(f"{self.components_path} (line at byte {offset}): not a ComponentData ({e}) -- re-run the harvest") from None
 
     # ---- index

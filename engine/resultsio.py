@@ -29,6 +29,9 @@ import msgspec
 from engine.errors import UserError
 
 T = TypeVar("T")
+UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What decoding a line can raise: bad JSON or fields (ValidationError is a DecodeError), a string that is
+not UTF-8, or nesting past the decoder's depth limit."""
 
 
 def iter_records(path: str | Path, type_: type[T]) -> Iterator[T]:
@@ -50,7 +53,7 @@ def iter_records(path: str | Path, type_: type[T]) -> Iterator[T]:
                 continue
             try:  # the unterminated last line
                 yield dec.decode(line)  # complete record, only the newline is missing
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except UNDECODABLE:
                 pass  # torn by a killed writer: ignored here, truncated by the next JsonlAppender
 
 
@@ -61,7 +64,7 @@ def read_records(path: str | Path, type_: type[T]) -> list[T]:
 def _decode(dec: msgspec.json.Decoder, line: bytes, path: Path, line_no: int):
     try:
         return dec.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except UNDECODABLE as e:
         raise UserError(f"{path}:{line_no}: undecodable record ({e}) -- fix or delete that line; "
                         "only the last line of an append-only log may be torn") from None
 
@@ -94,7 +97,7 @@ def repair_tail(path: Path, type_: type) -> int:
                 f.seek(size)
                 f.write(b"\n")
                 return 0
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except UNDECODABLE:
             pass
         f.truncate(start)
         return size - start

@@ -159,3 +159,23 @@ def unescape(text: str) -> str:
 
 def json_reply(obj) -> str:
     return json.dumps(obj)
+
+
+def make_cli_scorable(run: FixtureRun) -> None:
+    """Let `python -m engine.score RUN` run on the fixture: a word-level HF tokenizer for the run's vocab
+    (named as the run's model, so negatives get their token strings) and the negative pool cached in
+    RUN/negatives/ from the rule (the fixture has no model to replay)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from engine.interpret import load_run_config
+    from engine.negatives import PoolConfig, open_pool
+
+    folder = run.dir / "tokenizer"
+    vocab = {t: i for i, t in enumerate(run.vocab)}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<bos>")),
+                            clean_up_tokenization_spaces=False).save_pretrained(folder)
+    rc = msgspec.structs.replace(load_run_config(run.dir), model=str(folder))
+    (run.dir / "harvest" / "config.json").write_bytes(msgspec.json.encode(rc))
+    open_pool(run.dir, rc, PoolConfig(), activations=run.acts, vocab=run.vocab, progress=False)

@@ -63,7 +63,7 @@ def digit_probabilities(logprobs: list[list[tuple[str, float]]] | None, digits: 
         for tok, lp in alternatives:
             t = tok.strip()
             if t in p:
-                p[t] += math.exp(lp)
+                p[t] += math.exp(min(lp, 0.0))  # a logprob is <= 0; a larger one is garbage, not an overflow
         total = p[digits[0]] + p[digits[1]]
         out.append(p[digits[1]] / total if total > 0 else None)
     return out

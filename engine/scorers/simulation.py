@@ -51,16 +51,16 @@ def expected_values(logprobs: list[list[tuple[str, float]]] | None) -> list[floa
         for tok, lp in alternatives:
             v = _level(tok)
             if v:
-                p = math.exp(lp)
+                p = math.exp(min(lp, 0.0))  # a logprob is <= 0; a larger one is garbage, not an overflow
                 num += v[0] * p
                 den += p
-        out.append(num / den)
+        out.append(num / den if den > 0 else float(_level(alternatives[0][0])[0]))  # all underflowed (vLLM: -9999)
     return out
 
 
 def _level(token: str) -> tuple[int] | tuple[()]:
     t = token.strip()
-    return (int(t),) if t.isdigit() and int(t) <= 10 else ()
+    return (int(t),) if t.isascii() and t.isdigit() and int(t) <= 10 else ()  # "²".isdigit() too, but int() fails
 
 
 def read_simulation(response, n: int) -> tuple[list[float] | None, str | None]:
