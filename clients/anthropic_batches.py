@@ -154,6 +154,14 @@ def save_state(path: Path, state: BatchState) -> None:
     os.replace(tmp, path)
 
 
+def _shaped(data, type_):
+    """A decoded 200 body as `type_`; a body of another shape is a one-line error, not a traceback."""
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError as e:
+        raise UserError(f"the Message Batches API answered with an unexpected body ({e}) -- check --base-url "
+                        "points at the Anthropic API; rerun to resume (submitted batches are in the state file)") from None
+
 class BatchRunner:
     """One `run_batches` call: the client, the state file and the requests of this call."""
 
@@ -187,7 +195,10 @@ class BatchRunner:
                         return await consume(resp)
                     body = await resp.read()
                     if resp.status == 200:
-                        return msgspec.json.decode(body)
+                        try:
+                            return msgspec.json.decode(body)
+                        except UNDECODABLE:  # a garbled 200 (proxy page, cut body): transient, like a dropped read
+                            raise aiohttp.ClientPayloadError("undecodable 200 body") from None
                     try:
                         err = msgspec.json.decode(body, type=_ErrorBody).error
                     except UNDECODABLE:
@@ -217,7 +228,7 @@ class BatchRunner:
         if pending is None:
             return
         known = {b.id for b in self.state.batches}
-        listing = msgspec.convert(await self.call("GET", self.root + "/batches?limit=100"), _BatchList)
+        listing = _shaped(await self.call("GET", self.root + "/batches?limit=100"), _BatchList)
         matches = [b for b in listing.data if b.id not in known
                    and _unix(b.created_at) >= pending.started_at - self.policy.adopt_skew_s
                    and sum(b.request_counts.values()) == len(pending.custom_ids)]
@@ -241,7 +252,7 @@ class BatchRunner:
             self.state.pending = PendingCreate(started_at=time.time(), custom_ids=[bid for bid, _ in items])
             save_state(self.path, self.state)
             try:
-                created = msgspec.convert(await self.call("POST", self.root + "/batches", payload, idempotent=False),
+                created = _shaped(await self.call("POST", self.root + "/batches", payload, idempotent=False),
                                           _BatchObject)
             except _CreateUncertain as e:
                 await self.adopt_pending()
@@ -376,7 +387,7 @@ async def run_batches(client: HTTPClient, requests: Iterable[CompletionRequest],
         open_records = [b for b in runner.state.batches if not b.done and any(bid in wanted for bid in b.custom_ids)]
         while open_records:
             for record in list(open_records):
-                status = msgspec.convert(await runner.call("GET", f"{runner.root}/batches/{record.id}"), _BatchObject)
+                status = _shaped(await runner.call("GET", f"{runner.root}/batches/{record.id}"), _BatchObject)
                 if status.processing_status == "ended":
                     url = status.results_url or f"{runner.root}/batches/{record.id}/results"
                     await runner.results(record, url, wanted, deliver)

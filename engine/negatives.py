@@ -267,8 +267,11 @@ def pool_embeddings(run_dir: Path, pool: NegativePool, embed: Callable[[list[str
     """MiniLM embeddings of the pool windows, cached beside the pool."""
     path = run_dir / "negatives" / "minilm.npy"
     if path.exists():
-        emb = np.load(path)
-        if len(emb) == len(pool):
+        try:
+            emb = np.load(path)
+        except (OSError, ValueError, EOFError):  # damaged cache: recompute it
+            emb = np.empty((0,))
+        if len(emb) == len(pool) and emb.ndim == 2:
             return emb
     emb = embed([pool.window(w).text for w in range(len(pool))])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,8 @@ def iter_records(path: str | Path, type_: type[T]) -> Iterator[T]:
         f = open(path, "rb")
     except FileNotFoundError:
         return
+    except OSError as e:  # a directory, no permission
+        raise UserError(f"{path} cannot be read ({e.strerror}) -- it should be an append-only .jsonl log file") from None
     with f:
         line_no = 0
         for line in f:

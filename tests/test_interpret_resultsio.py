@@ -64,3 +64,33 @@ def test_index_random_access(tmp_path):
     assert 99 not in idx and 7 in idx
     assert idx[13] == Rec(13, "x" * 13)
     idx.close()
+
+
+def test_a_log_path_that_is_a_folder_is_a_user_error(tmp_path):
+    (tmp_path / "results.jsonl").mkdir()
+    with pytest.raises(UserError, match="cannot be read .* append-only .jsonl log file"):
+        read_records(tmp_path / "results.jsonl", dict)
+
+
+def test_damaged_embedding_cache_is_recomputed(tmp_path):
+    import numpy as np
+
+    from engine.negatives import pool_embeddings
+
+    class Pool:  # three windows of text
+        def __len__(self):
+            return 3
+
+        def window(self, i):
+            return type("W", (), {"text": f"window {i}"})()
+
+    (tmp_path / "negatives").mkdir()
+    (tmp_path / "negatives" / "minilm.npy").write_bytes(b"\x93NUMPY garbage")
+    calls = []
+
+    def embed(texts):
+        calls.append(texts)
+        return np.eye(3, 4, dtype=np.float32)
+
+    assert pool_embeddings(tmp_path, Pool(), embed).shape == (3, 4) and len(calls) == 1
+    assert pool_embeddings(tmp_path, Pool(), embed).shape == (3, 4) and len(calls) == 1  # rewritten, then reused
