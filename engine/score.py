@@ -1,4 +1,4 @@
-"""Score explanations on held-out examples: detection, fuzz, simulation, embedding, intruder.
+"""Score explanations on held-out examples: detection, fuzz, simulation, embedding, intruder, surprisal.
 
     python -m engine.score RUN --scorers embedding                          # offline
     python -m engine.score RUN --scorers detection fuzz --provider anthropic --model claude-haiku-4-5
@@ -184,11 +184,14 @@ def run_score(run_dir: str | Path, cfg: ScoreRunConfig, negatives=None, client=N
     rc = load_run_config(run_dir)
     all_scorers = registry(cfg.score, embedder)
     scorers = {name: all_scorers[name] for name in dict.fromkeys(cfg.scorers)}
+    for s in scorers.values():
+        if hasattr(s, "bind_run"):  # scorers that use the run's own model (surprisal)
+            s.bind_run(rc)
     llm_needed = any(s.llm for s in scorers.values()) or cfg.best_of > 1
     if llm_needed and cfg.provider in (None, "", "search"):
         names = [n for n, s in scorers.items() if s.llm] or ["--best-of"]
         raise UserError(f"{', '.join(names)} need an LLM judge: pass --provider (anthropic | openrouter | "
-                        "openai-compatible) and --model; only the embedding scorer runs offline")
+                        "openai-compatible) and --model; only the embedding and surprisal scorers run offline")
     if llm_needed and not cfg.model:
         raise UserError(f"--provider {cfg.provider} needs --model")
     if not read_explanations(run_dir):
@@ -254,7 +257,7 @@ async def _score_pass(run_dir: Path, rc, cfg: ScoreRunConfig, scorers: dict, neg
             for name in names:
                 s = scorers[name]
                 if not s.llm:
-                    write(name, s.outcome(item, []), "all-MiniLM-L6-v2", Usage())
+                    write(name, s.outcome(item, []), getattr(s, "model_name", "") or "all-MiniLM-L6-v2", Usage())
                     continue
                 calls = s.calls(item)
                 if not calls:
@@ -548,13 +551,14 @@ def parse_args(argv: list[str] | None) -> tuple[Path, ScoreRunConfig]:
     p.add_argument("--per-prompt", type=int, default=d.per_prompt)
     p.add_argument("--n-simulated", type=int, default=d.n_simulated)
     p.add_argument("--logprobs", type=int, default=0, help="top logprobs per output token (openai-compatible)")
+    p.add_argument("--surprisal-model", default="", help="local HF causal LM for the surprisal scorer (default: the run's model)")
     p.add_argument("--shard", default="", help="k/N: only latent range k of N, into its own logs; merge with python -m engine.merge")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.best_of < 1:
         raise UserError(f"--best-of must be >= 1, got {a.best_of}")
     sc = ScoreConfig(n_activating=a.n_activating, n_negatives=a.n_negatives, per_prompt=a.per_prompt,
-                     n_simulated=a.n_simulated, logprobs=a.logprobs)
+                     n_simulated=a.n_simulated, logprobs=a.logprobs, surprisal_model=a.surprisal_model)
     return a.run_dir, ScoreRunConfig(scorers=tuple(a.scorers), provider=a.provider, model=a.model, base_url=a.base_url,
                                      api_key_env=a.api_key_env, max_concurrent=a.max_concurrent, max_cost=a.max_cost,
                                      non_activating=a.non_activating, latents=a.latents, best_of=a.best_of,

@@ -12,6 +12,7 @@ they need (`calls`), then read the responses in the same order (`outcome`).
     simulation  judge predicts 0-10 per token; Pearson with the truth     (LLM)
     embedding   MiniLM similarity of explanation and excerpt -> AUC       (offline)
     intruder    judge finds the non-activating excerpt, no explanation    (LLM)
+    surprisal   a local LM's loss drop with the explanation in context -> AUC (offline)
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class ScoreConfig:
     "Bootstrap resamples for the 95% intervals."
     seed: int = 0
     "Mixed with the component key and scorer name for every random choice."
+    surprisal_model: str = ""
+    "Local HF causal LM for the surprisal scorer ('' = the run's own model)."
+    surprisal_template: str = "Text containing {explanation}:\n"
+    "Prefix placed before each excerpt by the surprisal scorer."
+    surprisal_placeholder: str = "anything"
+    "What the template holds in the baseline condition instead of the explanation."
 
 
 @dataclass
@@ -131,9 +138,10 @@ def registry(cfg: ScoreConfig, embedder=None) -> dict[str, object]:
     from engine.scorers.fuzz import Fuzz
     from engine.scorers.intruder import Intruder
     from engine.scorers.simulation import Simulation
+    from engine.scorers.surprisal import Surprisal
 
     return {"detection": Detection(cfg), "fuzz": Fuzz(cfg), "simulation": Simulation(cfg),
-            "embedding": Embedding(cfg, embedder), "intruder": Intruder(cfg)}
+            "embedding": Embedding(cfg, embedder), "intruder": Intruder(cfg), "surprisal": Surprisal(cfg)}
 
 
-SCORERS = ("detection", "fuzz", "simulation", "embedding", "intruder")
+SCORERS = ("detection", "fuzz", "simulation", "embedding", "intruder", "surprisal")

@@ -54,6 +54,6 @@ class Embedding:
         sim = vecs[1:] @ vecs[0]  # [n]
         k = sum(w.activating for w in windows)
         predicted = np.zeros(len(windows), dtype=bool)
-        predicted[np.lexsort((np.arange(len(windows)), -sim))[:k]] = True
+        predicted[np.lexsort((rng.random(len(windows)), -sim))[:k]] = True  # ties broken at random, not by list order
         rows = [Row(w.id, w.stratum, w.activating, bool(p), float(s)) for w, p, s in zip(windows, predicted, sim)]
         return Details(component_key=item.key, latent=item.latent, scorer=self.name, label=item.label, rows=rows)
