@@ -27,6 +27,9 @@ BENCHES = {
     "kernels": ["-m", "bench.kernels"],
     "clients": ["-m", "bench.clients"],
     "report": ["-m", "bench.report", "--n-latents", "5000", "--workers", "1"],
+    "peers": ["-m", "bench.peers"],
+    "cost": ["-m", "bench.cost"],
+    "scale": ["-m", "bench.scale", "--preset", "tiny"],
 }
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
