@@ -183,10 +183,21 @@ class Dictionary:
 
         Fast path (chosen once by kernels.dispatch: CUDA + Triton, or AUTOINTERP_KERNELS=triton):
         the fused Triton encode+pack, which never writes the dense [N, L] activations.
-        Otherwise, and for gated / identity / decoder-norm / subset-TopK dictionaries, the
-        dense torch reference below."""
+        Otherwise TopK packs straight from its k winners per token (no dense [N, L] tensor
+        after the pre-activations); subset-TopK and the other activations use the dense
+        torch reference below."""
         if self._kernel_ok(x):
             return self._encode_kernel(x)
+        if self.activation == "topk" and self._select is None:
+            pre = self.prepare(x) @ self.W_enc.float() + self.b_enc.float()  # [N, L]
+            if self.decoder_norm_scale is not None:
+                pre = pre * self.decoder_norm_scale
+            val, idx = pre.topk(self.k, dim=1)  # [N, k]
+            idx, order = idx.sort(dim=1)  # firings sorted by (tok, lat), as the dense path gives them
+            val = val.gather(1, order)
+            keep = val > 0
+            tok = torch.arange(len(idx), device=idx.device)[:, None].expand_as(idx)
+            return Firings(tok[keep], idx[keep], val[keep])
         acts = self.encode_dense(x)
         tok, lat = torch.nonzero(acts > 0, as_tuple=True)
         return Firings(tok, lat, acts[tok, lat])

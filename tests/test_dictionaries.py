@@ -56,6 +56,9 @@ def test_sae_lens_encode_matches(tmp_path, cls, kw):
     f = ours.encode(x)
     assert torch.equal(f.tok * 40 + f.lat, torch.sort(f.tok * 40 + f.lat).values)  # sorted by (tok, lat)
     assert int((want > 0).sum()) == len(f.val)
+    tok, lat = torch.nonzero(got > 0, as_tuple=True)  # packed firings (TopK: straight from its winners) = dense
+    assert torch.equal(f.tok, tok) and torch.equal(f.lat, lat)
+    torch.testing.assert_close(f.val, got[tok, lat], rtol=0, atol=0)
 
 
 def test_sparsify_folder(tmp_path):
