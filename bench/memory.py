@@ -9,9 +9,9 @@ that the state's bytes stay constant while tokens grow.
 
 `--subsets` then harvests latent subsets (`--latents` in engine.harvest) of a random
 ReLU dictionary of `--subset-of` latents, each through the real Harvester on random
-activations, and prints state bytes and the measured resident-memory growth per subset
-size next to the full dictionary's: memory is proportional to the subset. The last line
-is JSON.
+activations, and prints state bytes (closed-form count and tensor bytes) and the
+measured resident-memory growth per subset size, each as a ratio to the full
+dictionary's: memory is proportional to the subset. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def measure_subset(n: int, full: int, a) -> dict:
     harvest([0, 1])  # warm-up: allocator, thread pools
     before = rss_now_mb()
     h = harvest(torch.linspace(0, full - 1, n).round().long().unique().tolist())
-    return {"latents": h.state.cfg.n_latents, "state_mb": round(h.state.nbytes() / 2**20, 2),
+    return {"latents": h.state.cfg.n_latents, "formula_mb": round(sum(formula(h.state.cfg).values()) / 2**20, 2),
+            "state_mb": round(h.state.nbytes() / 2**20, 2),
             "rss_growth_mb": round(rss_now_mb() - before, 1), "token_tables": h.state.in_tok.mode,
             "firings": int(h.state.count.sum())}
 
@@ -167,10 +168,12 @@ def main(argv=None) -> None:
         print(f"latent subsets of a {a.subset_of}-latent ReLU dictionary (V={a.vocab}, K={a.top_k}, R={a.n_random}, "
               f"W={a.window}, no output stats, token tables {full['token_tables']}), harvested through Harvester, "
               "one process per size:")
-        print(f"{'subset latents':>15s} {'state MB':>10s} {'RSS growth MB':>14s} {'state / full':>13s} {'latents / full':>15s}")
+        print(f"{'subset latents':>15s} {'formula MB':>11s} {'state MB':>10s} {'RSS growth MB':>14s} "
+              f"{'state / full':>13s} {'RSS / full':>11s} {'latents / full':>15s}")
         for r in subsets:
-            print(f"{r['latents']:15,d} {r['state_mb']:10.2f} {r['rss_growth_mb']:14.1f} "
-                  f"{r['state_mb'] / full['state_mb']:13.4f} {r['latents'] / full['latents']:15.4f}")
+            print(f"{r['latents']:15,d} {r['formula_mb']:11.2f} {r['state_mb']:10.2f} {r['rss_growth_mb']:14.1f} "
+                  f"{r['state_mb'] / full['state_mb']:13.4f} {r['rss_growth_mb'] / full['rss_growth_mb']:11.4f} "
+                  f"{r['latents'] / full['latents']:15.4f}")
     print(json.dumps({"subsets": subsets, "latents": a.latents, "vocab": a.vocab, "top_k": a.top_k, "n_random": a.n_random, "window": a.window,
                       "formula_mb": round(total_formula / 2**20, 1), "tensor_mb": round(state_mb, 1),
                       "rss_growth_mb": round(measured_rss, 1), "constant": not grows}))
