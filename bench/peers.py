@@ -1,31 +1,53 @@
-"""Top-activation extraction the way a sae-lens user does it, against our harvest, on the same tokens.
+"""Top-activation extraction the way sae-lens users do it, against our harvest, on the same tokens.
 
-    python -m bench.peers [--batches 12] [--batch-size 16] [--context-length 128] [--top-k 20]
+    python -m bench.peers [--batches 12] [--batch-size 16] [--context-length 128] [--top-k 20] [--repeats 2] [--threads 1]
 
-Both sides see the embedded default model, its SAE and the same token batches.
+Same model (the embedded default), dictionary (its SAE, loaded by sae-lens itself with
+`SAE.load_from_disk`) and token batches for every path. The sae-lens paths read the
+residual stream the way sae-lens reads a non-TransformerLens model: `sae_lens.load_model(
+"AutoModelForCausalLM", ...)` wraps the HF model in its `HookedProxyLM`, and
+`run_with_cache(tokens, names_filter=["model.layers.2"], stop_at_layer=3)` is the call its
+ActivationsStore makes (HookedSAETransformer cannot load a local HF model: TransformerLens
+accepts only its registry names, checked and printed below). Then `sae.encode` and:
 
-  sae-lens   the SAE loaded with `sae_lens.SAE.load_from_disk`, a forward hook on the HF
-             block (the way sae-lens users read non-TransformerLens models), `sae.encode`
-             on every token, and a running per-latent top-K over (activation, token)
-             kept with torch.topk on [buffer; batch] -- what SAEDashboard's feature-data
-             pass does for max-activating examples. Windows are cut from the stored
-             tokens afterwards. Nothing else (no reservoir, histograms, token or
-             co-occurrence statistics).
-  ours       engine.harvest's Harvester: the same top-K (with windows and per-token
-             activations) plus every other statistic, output-token stats off (the
-             sae-lens side computes none), forward stopped after the hookpoint.
+  running topk    a per-latent top-K kept across batches with torch.topk on [kept; batch]
+  concat + topk   every batch's dense [tokens, latents] activations kept, one torch.topk at the end
+                  (the notebook way; memory grows with tokens x latents)
+  SAEDashboard    model activations cached to disk per minibatch (torch.save, as its
+                  FeatureDataGenerator does), then per group of 128 latents (its
+                  n_features_at_a_time) every cached minibatch is reloaded, encoded and the
+                  group's activations concatenated before torch.topk
+  ours            engine.harvest's Harvester on the same batches, output-token stats off (the
+                  peers compute none), forward stopped after the hookpoint: the same top-K with
+                  windows and per-token activations, plus the random sample, histograms,
+                  input-token and co-occurrence statistics
+  ours, CLI       `python -m engine.harvest ... --no-output-stats` on the same tokens, model load
+                  and the written run (components.jsonl, tokens.bin, stats, checkpoint) included
 
-Prints wall time, resident-memory growth, disk written, the ratio of our time to
-theirs, and whether the top-K sets agree per latent (ties at equal activation can pick
-different tokens; the agreement line counts latents whose top-K activation values are
-identical too). The last line is JSON.
+Every position counts on all in-memory paths (BOS too), so their top-K are comparable; the
+CLI filters BOS (its default) and is timed, not compared. Times: the paths run round robin
+`--repeats` times (`--threads` torch threads) and each shows its best round. Peak memory:
+the resident-set high-water mark above the level at the start of each path, sampled every
+2 ms by a thread, in a first round run with a low fixed glibc mmap threshold (so resident
+memory follows live tensors). Disk: bytes of the files each path writes. Agreement: share
+of firing latents whose top-K token set equals ours, and whose sorted top-K values equal
+ours to 1e-4 (a different set with equal values is a tie broken the other way). The last
+line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
+import resource
+import shutil
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,45 +57,166 @@ from engine.harvest import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE, Harveste
 from engine.sources import HookedModel
 from engine.state import StateConfig
 
+HF_HOOK = "model.layers.2"
+"HF module path of blocks.2.hook_resid_post, where the shipped SAE was trained."
+FEATURES_AT_A_TIME = 128
+"SAEDashboard's NeuronpediaRunnerConfig.n_features_at_a_time default."
 
-def rss_now_mb() -> float:
-    import resource
 
+def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def sae_lens_topk(model, data, sae_path: str, layer_module, K: int):
-    """Running top-K per latent with sae-lens's own encode. Returns (values [L, K], token index [L, K])."""
-    from sae_lens import SAE
+def mmap_threshold(nbytes: int) -> None:
+    """Fix glibc's mmap threshold (the default one rises after frees, parking freed tensors in the heap).
 
-    sae = SAE.load_from_disk(sae_path, device="cpu")
-    captured = {}
+    128 KiB: every tensor is its own mapping, returned to the OS when freed, so resident memory follows
+    live tensors (for the memory round; each allocation then page-faults). 32 MiB: the default's ceiling,
+    where it settles once warm (for the timing rounds)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except OSError:
+        pass
 
-    def hook(module, args, output):
-        captured["x"] = output[0] if isinstance(output, tuple) else output
 
-    handle = layer_module.register_forward_hook(hook)
+class PeakRSS:
+    """Resident-memory high-water mark above the level at entry (ru_maxrss cannot be reset between paths)."""
+
+    def __enter__(self):
+        gc.collect()
+        try:  # hand freed heap pages back so the previous path's leftovers do not hide this one's growth
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        self.base = self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+        self.growth = self.peak - self.base
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------- the sae-lens user's paths
+
+
+def residuals(proxy, ids: torch.Tensor) -> torch.Tensor:
+    """[B*S, d] residual stream at HF_HOOK, read through sae-lens's HookedProxyLM as its ActivationsStore does."""
+    cache = proxy.run_with_cache(ids, names_filter=[HF_HOOK], stop_at_layer=3, prepend_bos=False)[1]
+    x = cache[HF_HOOK]
+    return x.reshape(-1, x.shape[-1])
+
+
+def running_topk(proxy, sae, data, K: int):
+    """(values [L, K], token index [L, K]): top-K kept across batches."""
     L = sae.cfg.d_sae
     best_v = torch.full((L, K), -float("inf"))
     best_i = torch.full((L, K), -1, dtype=torch.int64)
     offset = 0
-    try:
-        with torch.no_grad():
-            for ids in data:
-                model(input_ids=ids, use_cache=False)
-                x = captured.pop("x").reshape(-1, sae.cfg.d_in)
-                acts = sae.encode(x)  # [N, L] dense
-                n = acts.shape[0]
-                idx = torch.arange(offset, offset + n).expand(L, n)
-                v = torch.cat([best_v, acts.T], dim=1)  # [L, K + N]
-                i = torch.cat([best_i, idx], dim=1)
-                top = v.topk(K, dim=1)
-                best_v, best_i = top.values, i.gather(1, top.indices)
-                offset += n
-    finally:
-        handle.remove()
+    for ids in data:
+        acts = sae.encode(residuals(proxy, ids))  # [N, L] dense
+        n = acts.shape[0]
+        v = torch.cat([best_v, acts.T], dim=1)  # [L, K + N]
+        i = torch.cat([best_i, torch.arange(offset, offset + n).expand(L, n)], dim=1)
+        top = v.topk(K, dim=1)
+        best_v, best_i = top.values, i.gather(1, top.indices)
+        offset += n
     return best_v, best_i
+
+
+def concat_topk(proxy, sae, data, K: int):
+    """Keep every dense activation, then one topk over all tokens."""
+    acts = torch.cat([sae.encode(residuals(proxy, ids)) for ids in data])  # [N_total, L]
+    top = acts.topk(K, dim=0)  # [K, L]
+    return top.values.T.contiguous(), top.indices.T.contiguous()
+
+
+def saedashboard_topk(proxy, sae, data, K: int, cache_dir: Path):
+    """Model activations cached to disk, then latents in groups: reload, encode, concatenate, topk."""
+    for i, ids in enumerate(data):
+        torch.save({HF_HOOK: residuals(proxy, ids)}, cache_dir / f"model_activations_{i}.pt")
+    vals, idx = [], []
+    for lo in range(0, sae.cfg.d_sae, FEATURES_AT_A_TIME):
+        group = []
+        for i in range(len(data)):
+            x = torch.load(cache_dir / f"model_activations_{i}.pt")[HF_HOOK]
+            # SAEDashboard slices W_enc to the group (FeatureMaskingContext), which it refuses for TopK SAEs
+            # (and which would change which latents win the top k): encode in full and slice instead.
+            group.append(sae.encode(x)[:, lo : lo + FEATURES_AT_A_TIME].contiguous())  # a view would pin all L
+        top = torch.cat(group).topk(K, dim=0)
+        vals.append(top.values.T)
+        idx.append(top.indices.T)
+    return torch.cat(vals), torch.cat(idx)
+
+
+def hooked_sae_transformer_check(model, tok) -> str:
+    """Whether HookedSAETransformer takes the local HF model (TransformerLens wants a registry name)."""
+    from sae_lens import HookedSAETransformer
+
+    try:
+        HookedSAETransformer.from_pretrained_no_processing(DEFAULT_MODEL, hf_model=model, tokenizer=tok, device="cpu")
+        return "loads"
+    except Exception as e:  # noqa: BLE001 -- any failure is the finding
+        why = str(e).split("Valid official model names")[0].strip().replace(str(Path.cwd()) + "/", "")
+        return f"refused ({type(e).__name__}: {why[:100]})"
+
+
+# ----------------------------------------------------------------------------- ours
+
+
+def ours_state(model, tok, d, data, S: int, K: int):
+    hooked = HookedModel(model, [d.hookpoint])
+    cfg = StateConfig(n_latents=d.n_latents, vocab_size=max(len(tok), model.config.vocab_size), seq_len=S, top_k=K,
+                      n_random=40, window=16, output_stats=False)
+    h = Harvester([d], cfg, [d.hookpoint], "cpu")
+    for ids in data:
+        acts, _ = hooked.run(ids, need_logits=False)
+        h.update(acts, ids)  # every position counts, as on the sae-lens paths
+    hooked.close()
+    return h.state
+
+
+def ours_cli(out: Path, a) -> None:
+    import io
+
+    from engine.harvest import main as harvest
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its summary line would land in the table
+        harvest([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", DEFAULT_DATASET, "--out", str(out), "--n-batches",
+                 str(a.batches), "--batch-size", str(a.batch_size), "--context-length", str(a.context_length),
+                 "--top-k", str(a.top_k), "--no-output-stats", "--device", "cpu"])
+
+
+def agreement(state, vals: torch.Tensor, idx: torch.Tensor) -> tuple[float, float, float, int]:
+    """(same token set, same sorted values, mean shared fraction) over latents that fired on either side."""
+    same_set = same_vals = shared = fired = 0
+    for lat in range(vals.shape[0]):
+        ours_locs = [x for x in state.top_loc[lat].tolist() if x >= 0]
+        theirs = [(i, v) for i, v in zip(idx[lat].tolist(), vals[lat].tolist()) if v > 0]
+        if not ours_locs and not theirs:
+            continue
+        fired += 1
+        a, b = set(ours_locs), {i for i, _ in theirs}
+        same_set += a == b
+        shared += len(a & b) / max(len(a | b), 1)
+        ov = sorted(state.top_val[lat, : len(ours_locs)].tolist())
+        tv = sorted(v for _, v in theirs)
+        same_vals += len(ov) == len(tv) and all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for x, y in zip(ov, tv))
+    n = max(fired, 1)
+    return same_set / n, same_vals / n, shared / n, fired
 
 
 def main(argv=None) -> dict:
@@ -82,60 +225,83 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--context-length", type=int, default=128)
     p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=2, help="rounds over all paths; each path's best round is shown")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared 2-core machine, two spinning OpenMP threads make timings swing 10x)")
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    mmap_threshold(128 << 10)  # before anything large is allocated
+    import sae_lens
+    from sae_lens import SAE
+    from sae_lens.load_model import load_model as sae_lens_load_model
+
     model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
     d = load_dictionary(DEFAULT_SAE)
+    sae = SAE.load_from_disk(DEFAULT_SAE, device="cpu")
+    proxy = sae_lens_load_model("AutoModelForCausalLM", DEFAULT_MODEL, device="cpu",
+                                model_from_pretrained_kwargs={"dtype": torch.float32}, hook_names=[HF_HOOK])
+    proxy.eval()
     S, K = a.context_length, a.top_k
     data = [ids for _, ids in batches(pack(iter_texts(DEFAULT_DATASET), tok, S), a.batch_size, a.batches * a.batch_size)]
     n_tok = sum(x.numel() for x in data)
-    layer = model.model.layers[2]  # blocks.2.hook_resid_post, where the shipped SAE was trained
+    hst = hooked_sae_transformer_check(model, tok)
 
-    def ours():
-        hooked = HookedModel(model, [d.hookpoint])
-        cfg = StateConfig(n_latents=d.n_latents, vocab_size=max(len(tok), model.config.vocab_size), seq_len=S, top_k=K,
-                          n_random=40, window=16, output_stats=False)
-        h = Harvester([d], cfg, [d.hookpoint], "cpu")
-        for ids in data:
-            acts, _ = hooked.run(ids, need_logits=False)
-            h.update(acts, ids)  # every position counts, as on the sae-lens side
-        hooked.close()
-        return h.state
+    rows, results, checkpoint = {}, {}, 0
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        tmp = Path(tmp)
+        residuals(proxy, data[0]), ours_state(model, tok, d, data[:1], S, K)  # warm-up both forward paths
+        paths = {
+            "sae-lens: running topk": lambda out: running_topk(proxy, sae, data, K),
+            "sae-lens: concat + topk": lambda out: concat_topk(proxy, sae, data, K),
+            "sae-lens: SAEDashboard-style": lambda out: saedashboard_topk(proxy, sae, data, K, out),
+            "ours: Harvester (in memory)": lambda out: ours_state(model, tok, d, data, S, K),
+            "ours: engine.harvest CLI": lambda out: ours_cli(out, a),
+        }
+        for r in range(a.repeats + 1):  # a memory round, then timing rounds (round robin, best kept: other work comes and goes)
+            memory_round = r == 0
+            if r == 1:
+                mmap_threshold(32 << 20)
+            for i, (name, fn) in enumerate(paths.items()):
+                out = tmp / f"{r}-{i}"
+                out.mkdir()
+                with PeakRSS() if memory_round else contextlib.nullcontext() as mem:
+                    t = time.perf_counter()
+                    results[name] = fn(out)
+                    elapsed = time.perf_counter() - t
+                if memory_round:
+                    rows[name] = (float("inf"), mem.growth, disk_bytes(out))
+                else:
+                    rows[name] = (min(rows[name][0], elapsed), *rows[name][1:])
+                if (out / "harvest" / "checkpoint").exists():
+                    checkpoint = disk_bytes(out / "harvest" / "checkpoint")
+                shutil.rmtree(out)
+    state = results["ours: Harvester (in memory)"]
+    base_t, base_m, _ = rows["ours: Harvester (in memory)"]
 
-    rows = {}
-    with torch.no_grad():
-        model(input_ids=data[0], use_cache=False)  # warm-up
-    for name, fn in (("sae-lens (encode + running topk)", lambda: sae_lens_topk(model, data, DEFAULT_SAE, layer, K)),
-                     ("ours (all statistics)", ours)):
-        before = rss_now_mb()
-        t = time.perf_counter()
-        out = fn()
-        rows[name] = (time.perf_counter() - t, rss_now_mb() - before, out)
-    (t_sl, m_sl, (sl_v, sl_i)), (t_us, m_us, state) = rows.values()
-
-    same_set = same_vals = 0
-    fired = 0
-    for lat in range(d.n_latents):
-        ours_locs = [x for x in state.top_loc[lat].tolist() if x >= 0]
-        theirs = [(i, v) for i, v in zip(sl_i[lat].tolist(), sl_v[lat].tolist()) if v > 0]
-        if not ours_locs and not theirs:
-            continue
-        fired += 1
-        same_set += sorted(ours_locs) == sorted(i for i, _ in theirs)
-        ov = sorted(state.top_val[lat, : len(ours_locs)].tolist())
-        same_vals += len(ov) == len(theirs) and all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for x, y in zip(ov, sorted(v for _, v in theirs)))
-    print(f"embedded default, {n_tok:,} tokens, {d.n_latents} latents, top-K {K}; sae-lens {__import__('sae_lens').__version__}")
-    print(f"{'path':36s} {'time s':>8s} {'tok/s':>10s} {'RSS growth MB':>14s} {'disk MB':>8s}")
-    for name, (t, m, _) in rows.items():
-        print(f"{name:36s} {t:8.2f} {n_tok / t:10,.0f} {m:14.1f} {0.0:8.2f}")
-    print(f"ours / sae-lens time: {t_us / t_sl:.2f}x (ours also keeps windows with per-token activations, a uniform "
-          f"sample, histograms, input-token and co-occurrence statistics)")
-    print(f"top-K agreement over {fired} firing latents: same token sets {same_set / fired:.1%}, "
-          f"same activation values {same_vals / fired:.1%}")
-    result = {"tokens": n_tok, "sae_lens_s": round(t_sl, 2), "ours_s": round(t_us, 2), "ratio": round(t_us / t_sl, 2),
-              "sae_lens_rss_mb": round(m_sl, 1), "ours_rss_mb": round(m_us, 1),
-              "same_sets": round(same_set / fired, 4), "same_values": round(same_vals / fired, 4)}
-    print(json.dumps(result))
-    return result
+    print(f"embedded default, {n_tok:,} tokens ({len(data)} batches of {a.batch_size} x {S}), {d.n_latents} latents, "
+          f"top-K {K}; sae-lens {sae_lens.__version__}, torch {torch.__version__}, {a.threads} thread(s)")
+    print(f"HookedSAETransformer.from_pretrained_no_processing(local HF model): {hst}; residuals read through "
+          f"sae-lens's HookedProxyLM instead")
+    print(f"{'path':30s} {'time s':>7s} {'tok/s':>8s} {'time/ours':>9s} {'peak +MB':>9s} {'mem/ours':>8s} {'disk MB':>8s}"
+          f"  top-K vs ours: same set / same values / shared")
+    out = {"tokens": n_tok, "latents": d.n_latents, "top_k": K, "sae_lens": sae_lens.__version__, "paths": {}}
+    for name, (t, m, disk) in rows.items():
+        agree = ""
+        rec = {"s": round(t, 2), "time_vs_ours": round(t / base_t, 2), "peak_mb": round(m, 1),
+               "mem_vs_ours": round(m / base_m, 2) if base_m > 0 else None, "disk_mb": round(disk / 2**20, 2)}
+        if name.startswith("sae-lens"):
+            s, v, sh, fired = agreement(state, *results[name])
+            agree = f"  {s:6.1%} / {v:6.1%} / {sh:6.1%} of {fired}"
+            rec.update(same_sets=round(s, 4), same_values=round(v, 4), shared=round(sh, 4))
+        print(f"{name:30s} {t:7.2f} {n_tok / t:8,.0f} {t / base_t:9.2f} {m:9.1f} {m / base_m if base_m > 0 else 0:8.2f} "
+              f"{disk / 2**20:8.2f}{agree}")
+        out["paths"][name] = rec
+    cli_disk = rows["ours: engine.harvest CLI"][2]
+    print(f"the CLI's disk: {(cli_disk - checkpoint) / 2**20:.1f} MB of results (components.jsonl with every latent's "
+          f"examples and statistics, stats, tokens.bin) + {checkpoint / 2**20:.1f} MB checkpoint (the accumulator state)")
+    out["cli_checkpoint_mb"] = round(checkpoint / 2**20, 2)
+    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":
