@@ -24,6 +24,7 @@ ascending chunks.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -144,6 +145,8 @@ class Annotations:
         self.score_logs: dict[Path, JsonlLog[ScoreResult]] = {}
         self.explanations: dict[int, list[Explanation]] = {}
         "latent -> every explanation, in log order."
+        self._seen: set[bytes] = set()
+        "Digests of the explanations read: `engine.merge` moves shard records into the main log, read again."
         self.scores: dict[str, dict[int, ScoreResult]] = {}
         "scorer -> latent -> its last ScoreResult."
         self._columns: list[ScoreColumn] | None = None
@@ -155,6 +158,10 @@ class Annotations:
 
         for path in family(self.results_main):
             for e in self.result_logs.setdefault(path, JsonlLog(path, Explanation)).read_new():
+                digest = hashlib.blake2b(msgspec.json.encode(e), digest_size=16).digest()
+                if digest in self._seen:
+                    continue
+                self._seen.add(digest)
                 self.explanations.setdefault(e.latent, []).append(e)
                 new = True
         for path in sorted(self.scores_dir.glob("*.jsonl")) if self.scores_dir.is_dir() else []:

@@ -132,3 +132,16 @@ def test_merge_cli_errors_on_a_non_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(main, [str(tmp_path)])
     assert "has no harvest/config.json" in capsys.readouterr().err
+
+
+def test_live_report_reads_shards_then_the_merge_without_duplicates(tmp_path):
+    from engine.report_data import Annotations
+
+    run = write_run(tmp_path / "run", n_latents=N, n_sequences=80)
+    for k in range(2):
+        run_interpret(run.dir, InterpretConfig(provider="search", shard=f"{k}/2", progress=False))
+    ann = Annotations(run.dir)
+    assert ann.refresh() and sorted(ann.explanations) == list(range(N))
+    merge_run(run.dir)  # shard records move into results.jsonl, which the viewer then reads again
+    ann.refresh()
+    assert all(len(v) == 1 for v in ann.explanations.values())
