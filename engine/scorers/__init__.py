@@ -132,6 +132,24 @@ def stratified(windows: list[Window], n: int, rng: np.random.Generator) -> list[
     return out
 
 
+def ranked(item: ScoreItem, name: str, cfg: ScoreConfig, score) -> tuple[Details, np.ndarray]:
+    """Offline ranking scorers: up to cfg.n_activating stratified activating windows and as many
+    non-activating ones, ranked by `score(windows) -> [n]` (higher: more like the explanation).
+    The k highest are predicted activating, k = the number of activating windows (a threshold
+    fixed by the design, not fit to the answers); ties are broken at random, not by list order
+    (activating windows come first). Rows keep the score, which gives the AUC."""
+    rng = item.rng(name)
+    pos = stratified(item.activating, cfg.n_activating, rng)
+    windows = pos + item.negatives[: min(cfg.n_negatives, len(pos))]  # balanced classes
+    if not windows:
+        return Details(component_key=item.key, latent=item.latent, scorer=name, label=item.label, rows=[]), np.zeros(0)
+    s = np.asarray(score(windows), dtype=np.float64)
+    predicted = np.zeros(len(windows), dtype=bool)
+    predicted[np.lexsort((rng.random(len(windows)), -s))[: len(pos)]] = True
+    rows = [Row(w.id, w.stratum, w.activating, bool(p), float(v)) for w, p, v in zip(windows, predicted, s)]
+    return Details(component_key=item.key, latent=item.latent, scorer=name, label=item.label, rows=rows), s
+
+
 def registry(cfg: ScoreConfig, embedder=None) -> dict[str, object]:
     from engine.scorers.detection import Detection
     from engine.scorers.embedding import Embedding

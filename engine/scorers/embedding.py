@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.scorers import Details, Row, ScoreConfig, ScoreItem, stratified
+from engine.scorers import Details, ScoreConfig, ScoreItem, ranked
 
 
 class Embedding:
@@ -45,15 +45,8 @@ class Embedding:
         return []
 
     def outcome(self, item: ScoreItem, responses: list = ()) -> Details:
-        rng = item.rng(self.name)
-        pos = stratified(item.activating, self.cfg.n_activating, rng)
-        windows = pos + item.negatives[: min(self.cfg.n_negatives, len(pos))]  # balanced classes
-        if not windows:
-            return Details(component_key=item.key, latent=item.latent, scorer=self.name, label=item.label, rows=[])
-        vecs = self.embed([item.label] + [w.text for w in windows])  # [1 + n, d]
-        sim = vecs[1:] @ vecs[0]  # [n]
-        k = sum(w.activating for w in windows)
-        predicted = np.zeros(len(windows), dtype=bool)
-        predicted[np.lexsort((rng.random(len(windows)), -sim))[:k]] = True  # ties broken at random, not by list order
-        rows = [Row(w.id, w.stratum, w.activating, bool(p), float(s)) for w, p, s in zip(windows, predicted, sim)]
-        return Details(component_key=item.key, latent=item.latent, scorer=self.name, label=item.label, rows=rows)
+        def similarity(windows):
+            vecs = self.embed([item.label] + [w.text for w in windows])  # [1 + n, d]
+            return vecs[1:] @ vecs[0]  # [n]
+
+        return ranked(item, self.name, self.cfg, similarity)[0]

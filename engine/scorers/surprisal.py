@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.scorers import Details, Row, ScoreConfig, ScoreItem, stratified
+from engine.scorers import Details, ScoreConfig, ScoreItem, ranked
 
 
 class CausalLMLosses:
@@ -114,16 +114,9 @@ class Surprisal:
         return loss[: len(texts)] - loss[len(texts) :]
 
     def outcome(self, item: ScoreItem, responses: list = ()) -> Details:
-        rng = item.rng(self.name)
-        pos = stratified(item.activating, self.cfg.n_activating, rng)
-        windows = pos + item.negatives[: min(self.cfg.n_negatives, len(pos))]  # balanced classes
-        if not windows:
-            return Details(component_key=item.key, latent=item.latent, scorer=self.name, label=item.label, rows=[])
-        gain = self.scores(item.label, windows)
-        k = sum(w.activating for w in windows)
-        predicted = np.zeros(len(windows), dtype=bool)
-        predicted[np.lexsort((rng.random(len(windows)), -gain))[:k]] = True  # ties broken at random, not by list order
-        rows = [Row(w.id, w.stratum, w.activating, bool(p), float(g)) for w, p, g in zip(windows, predicted, gain)]
-        return Details(component_key=item.key, latent=item.latent, scorer=self.name, label=item.label, rows=rows,
-                       extra={"mean_gain_activating": float(np.mean(gain[:k])),
-                              "mean_gain_other": float(np.mean(gain[k:])) if len(windows) > k else 0.0})
+        d, gain = ranked(item, self.name, self.cfg, lambda windows: self.scores(item.label, windows))
+        k = sum(r.activating for r in d.rows)  # activating rows come first
+        if d.rows:
+            d.extra = {"mean_gain_activating": float(np.mean(gain[:k])),
+                       "mean_gain_other": float(np.mean(gain[k:])) if len(gain) > k else 0.0}
+        return d
