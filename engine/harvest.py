@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from engine.dictionaries import Dictionary, load_dictionary
-from engine.spd import is_spd_run, run_modules
+from engine.spd import is_spd_run, load_spd_modules
 from engine.errors import UserError, run_cli
 from engine.state import Firings, HarvestState, StateConfig
 
@@ -222,11 +222,11 @@ def main(argv: list[str] | None = None) -> Path:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     dict_paths = a.dictionaries or [DEFAULT_SAE]
-    if len(dict_paths) == 1 and is_spd_run(dict_paths[0]):  # one SPD run: every (or each named) module
-        a.hookpoints = a.hookpoints or run_modules(dict_paths[0])
-        dict_paths = dict_paths * len(a.hookpoints)
-    dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None), ci_threshold=a.spd_ci_threshold)
-             for i, p in enumerate(dict_paths)]
+    if len(dict_paths) == 1 and is_spd_run(dict_paths[0]):  # one SPD run: every (or each named) module, one read
+        dicts = load_spd_modules(dict_paths[0], a.hookpoints, a.spd_ci_threshold)
+    else:
+        dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None),
+                                 ci_threshold=a.spd_ci_threshold) for i, p in enumerate(dict_paths)]
     hookpoints = a.hookpoints or [d.hookpoint for d in dicts]
     latent_ids, latent_scores = parse_latents(a.latents)
     if latent_ids:

@@ -114,8 +114,11 @@ def _merge(main: Path, type_: type, key: Callable, paired: tuple[Path, type] | N
     counts = {"added": 0, "duplicates": 0}
     if not shards:
         return counts
-    done = {k for r in iter_records(main, type_) if (k := key(r)) is not None}
-    seen = {enc.encode(r) for r in iter_records(main, type_)}
+    done, seen = set(), set()
+    for r in iter_records(main, type_):  # what the main log already holds, in one pass
+        seen.add(enc.encode(r))
+        if (k := key(r)) is not None:
+            done.add(k)
     if detail_main is not None:
         done_details = {(d.scorer, d.latent, d.label) for d in iter_records(detail_main, detail_type)}
     with JsonlAppender(main, type_, fsync=True) as log:

@@ -69,7 +69,10 @@ def read_run(path: str | Path) -> tuple[dict, dict[str, Tensor], Path]:
         raise UserError(f"{folder / 'final_config.yaml'} is not valid YAML ({str(e).splitlines()[0]}) -- restore the file") from None
     ckpt = _checkpoint(p)
     try:
-        sd = torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: the frozen target model in the checkpoint is never read into RAM
+            sd = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # pre-zipfile (legacy) format cannot be mapped
+            sd = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{ckpt} is not a readable torch checkpoint ({type(e).__name__}) -- re-download it") from None
     if not isinstance(sd, dict):
@@ -91,8 +94,10 @@ def modules(sd: dict[str, Tensor]) -> list[str]:
     return sorted(k[len("_components."):-2].replace("-", ".") for k in sd if k.startswith("_components.") and k.endswith(".V"))
 
 
-def run_modules(path: str | Path) -> list[str]:
-    return modules(read_run(path)[1])
+def load_spd_modules(path: str | Path, hookpoints: list[str] | None = None, ci_threshold: float = 0.0) -> list:
+    """One Dictionary per named module (all decomposed modules when none are named), reading the run once."""
+    cfg, sd, ckpt = read_run(path)
+    return [_build(path, cfg, sd, ckpt, h, ci_threshold) for h in (hookpoints or modules(sd))]
 
 
 def _pick(mods: list[str], hookpoint: str | None, path: Path) -> str:
@@ -112,9 +117,12 @@ def _pick(mods: list[str], hookpoint: str | None, path: Path) -> str:
 
 def load_spd(path: str | Path, hookpoint: str | None = None, ci_threshold: float = 0.0):
     """SPD run folder (or its .pth) -> Dictionary over module `hookpoint`'s components."""
+    return _build(path, *read_run(path), hookpoint, ci_threshold)
+
+
+def _build(path, cfg: dict, sd: dict[str, Tensor], ckpt: Path, hookpoint: str | None, ci_threshold: float):
     from engine.dictionaries import Dictionary
 
-    cfg, sd, ckpt = read_run(path)
     mod = _pick(modules(sd), hookpoint, Path(path))
     key = mod.replace(".", "-")
     ci_type = cfg.get("ci_fn_type") or cfg.get("gate_type") or "vector_mlp"  # SPD's default and old key
