@@ -3,7 +3,7 @@
     python -m bench.clients [--latency 0.3] [--concurrency 16] [--rate-limit 30] [--fault-rate 0.05]
                             [--seconds 30]
 
-The fake server (clients/fake_server.py, run as its own process through its
+The fake server (clients/testing, run as its own process through its
 CLI, so its CPU time and the GIL are not charged to the client) answers every
 request `--latency` seconds after it arrives; with `--rate-limit` it admits
 at most that many requests/s (token bucket holding 0.1 s of requests, 429 +
@@ -52,8 +52,8 @@ SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "requir
 
 @contextmanager
 def fake_server(latency: float, rate_limit: float | None, fault_rate: float, seed: int):
-    """`python -m clients.fake_server` on a free port; yields its base URL."""
-    cmd = [sys.executable, "-m", "clients.fake_server", "--port", "0", "--wire", "anthropic", "--latency", str(latency),
+    """`python -m clients.testing` on a free port; yields its base URL."""
+    cmd = [sys.executable, "-m", "clients.testing", "--port", "0", "--wire", "anthropic", "--latency", str(latency),
            "--fault-rate", str(fault_rate), "--seed", str(seed)]
     if rate_limit is not None:
         cmd += ["--rate-limit", str(rate_limit)]

@@ -65,7 +65,7 @@ def tokens(text: str) -> int:
 
 def reply(schema: dict | None, n_items: int) -> str:
     """A schema-valid reply whose list fields hold n_items entries (one per excerpt / token asked about)."""
-    from clients.fake_server import example_for_schema
+    from clients.testing import example_for_schema
 
     if schema is None:
         return ""
@@ -86,19 +86,21 @@ def items_per_call(scorer, item) -> list[int]:
 
 def sample_parts(run_dir: Path, n_latents: int, scorers: list[str], explain_output: int) -> tuple[dict[str, Part], int]:
     """Mean tokens per latent for each explainer and LLM scorer, from the rendered prompts; and the latents sampled."""
-    from engine.examples import SplitConfig, split_examples
-    from engine.interpret import explain_prompt, iter_components, load_run_config, prepare_labels, primary, read_explanations
-    from engine.negatives import open_source
-    from engine.score import score_item
-    from engine.scorers import ScoreConfig, registry
+    from engine.core.examples import SplitConfig, split_examples
+    from engine.core.rundir import RunDir, primary
+    from engine.interpret.explain import explain_prompt, prepare_labels
+    from engine.interpret.negatives import open_source
+    from engine.score.items import score_item
+    from engine.score.scorers import registry
+    from engine.score.scorers.base import ScoreConfig
 
-    rc = load_run_config(run_dir)
-    explanations = read_explanations(run_dir)
+    rc = RunDir(run_dir).load_config()
+    explanations = RunDir(run_dir).read_explanations()
     labels, _ = prepare_labels(run_dir, explanations)
     negatives = open_source(run_dir, rc, "random")
     cfg = ScoreConfig()
     reg = registry(cfg)
-    comps = [c for c in iter_components(run_dir) if c.firing_count >= 40][:n_latents]
+    comps = [c for c in RunDir(run_dir).iter_components() if c.firing_count >= 40][:n_latents]
     parts: dict[str, Part] = {}
 
     def add(step: str, system: str, prefix: str, prompt: str, out: int) -> None:
@@ -160,9 +162,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = a.run
         if run is None:
-            from engine.harvest import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
-            from engine.harvest import main as harvest
-            from engine.interpret import InterpretConfig, run_interpret
+            from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
+            from engine.harvest.run import main as harvest
+            from engine.interpret.config import InterpretConfig
+            from engine.interpret.run import run_interpret
 
             run = Path(tmp) / "run"
             with contextlib.redirect_stdout(io.StringIO()):  # keep the harvest's summary line out of the table

@@ -30,11 +30,14 @@ from pathlib import Path
 
 import torch
 
-from engine.data import batches, iter_texts, pack
-from engine.dictionaries import Dictionary, load_dictionary
-from engine.harvest import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE, Harvester, load_model
-from engine.sources import HookedModel
-from engine.state import StateConfig
+from bench.baselines import bare_forward, forward_encode
+from engine.harvest.data import batches, iter_texts, pack
+from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
+from engine.harvest.dictionaries import Dictionary, load_dictionary
+from engine.harvest.harvester import Harvester
+from engine.harvest.model import load_model
+from engine.harvest.sources import HookedModel
+from engine.harvest.state import StateConfig
 
 
 def rss_mb() -> float:
@@ -100,15 +103,7 @@ def main(argv=None) -> dict:
     K, W = 20, 16
     cfg = StateConfig(n_latents=d.n_latents, vocab_size=max(len(tok), model.config.vocab_size), seq_len=a.context_length, top_k=K, n_random=40, window=W)
 
-    def forward():
-        with torch.no_grad():
-            for ids in data:
-                model(input_ids=ids, use_cache=False)
-
-    def forward_encode():
-        for ids in data:
-            acts, _ = hooked.run(ids, need_logits=False)
-            d.encode(acts[hook].reshape(-1, d.d_in))
+    forward, encode = bare_forward(model, data), forward_encode(hooked, d, hook, data)
 
     def harvest():
         h = Harvester([d], cfg, [hook], device)
@@ -122,7 +117,7 @@ def main(argv=None) -> dict:
     r0 = rss_mb()
     rows["forward"] = (timed(forward)[0], rss_mb() - r0, 0)
     r0 = rss_mb()
-    rows["forward+encode"] = (timed(forward_encode)[0], rss_mb() - r0, 0)
+    rows["forward+encode"] = (timed(encode)[0], rss_mb() - r0, 0)
     r0 = rss_mb()
     t, h = timed(harvest)
     rows["harvest"] = (t, rss_mb() - r0, 0)

@@ -23,8 +23,9 @@ import time
 
 import torch
 
-from engine.pair_counts import choose_mode
-from engine.state import Firings, HarvestState, StateConfig
+from engine.harvest.firings import Firings
+from engine.harvest.pair_counts import choose_mode
+from engine.harvest.state import HarvestState, StateConfig
 
 
 def formula(cfg: StateConfig) -> dict[str, int]:
@@ -58,8 +59,8 @@ def rss_now_mb() -> float:
 def measure_subset(n: int, full: int, a) -> dict:
     """Harvest an n-latent subset of one `full`-latent dictionary (engine.harvest --latents) on random activations;
     state bytes and resident-memory growth. Run in a fresh process per size (see subset_sweep)."""
-    from engine.dictionaries import Dictionary
-    from engine.harvest import Harvester
+    from engine.harvest.dictionaries import Dictionary
+    from engine.harvest.harvester import Harvester
 
     d_in, S, B = 128, 128, 4
     g = torch.Generator().manual_seed(0)

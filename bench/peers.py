@@ -51,11 +51,13 @@ from pathlib import Path
 
 import torch
 
-from engine.data import batches, iter_texts, pack
-from engine.dictionaries import load_dictionary
-from engine.harvest import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE, Harvester, load_model
-from engine.sources import HookedModel
-from engine.state import StateConfig
+from engine.harvest.data import batches, iter_texts, pack
+from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
+from engine.harvest.dictionaries import load_dictionary
+from engine.harvest.harvester import Harvester
+from engine.harvest.model import load_model
+from engine.harvest.sources import HookedModel
+from engine.harvest.state import StateConfig
 
 HF_HOOK = "model.layers.2"
 "HF module path of blocks.2.hook_resid_post, where the shipped SAE was trained."
@@ -192,7 +194,7 @@ def ours_state(model, tok, d, data, S: int, K: int):
 def ours_cli(out: Path, a) -> None:
     import io
 
-    from engine.harvest import main as harvest
+    from engine.harvest.run import main as harvest
 
     with contextlib.redirect_stdout(io.StringIO()):  # its summary line would land in the table
         harvest([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", DEFAULT_DATASET, "--out", str(out), "--n-batches",

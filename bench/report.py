@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
-from engine.schemas import (
+from engine.core.schemas import (
     ActivationExample,
     ComponentCorrelations,
     ComponentData,
@@ -148,8 +148,8 @@ def time_read(path: Path) -> float:
 def time_serve(run: Path) -> dict:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from engine.report_data import latent_href
-    from engine.serve import make_app
+    from engine.report.data import latent_href
+    from engine.report.serve import make_app
 
     t = time.perf_counter()
     app = make_app(run)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=None, help="where to write the run (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the run and report afterwards")
     a = p.parse_args(argv)
-    from engine.report import build_report
+    from engine.report.site import build_report
 
     base = Path(tempfile.mkdtemp(prefix="bench_report_", dir=a.out))
     run = base / "run"

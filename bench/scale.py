@@ -29,10 +29,11 @@ import time
 
 import torch
 
-from engine.dictionaries import Dictionary
-from engine.harvest import Harvester
-from engine.sources import HookedModel
-from engine.state import StateConfig
+from bench.baselines import bare_forward, forward_encode
+from engine.harvest.dictionaries import Dictionary
+from engine.harvest.harvester import Harvester
+from engine.harvest.sources import HookedModel
+from engine.harvest.state import StateConfig
 
 PRESETS = {
     "llama-8b": dict(  # meta-llama/Llama-3.1-8B config.json
@@ -121,15 +122,7 @@ def main(argv=None) -> dict:
         return StateConfig(n_latents=n_latents, vocab_size=V, seq_len=S, top_k=20, n_random=40, window=16,
                            output_stats=output_stats, pair_budget_bytes=1 << 30)
 
-    def forward():
-        with torch.no_grad():
-            for ids in data:
-                model(input_ids=ids, use_cache=False)
-
-    def forward_encode():
-        for ids in data:
-            acts, _ = hooked.run(ids, need_logits=False)
-            sae.encode(acts[hook].reshape(-1, d))
+    forward = bare_forward(model, data)
 
     def harvest(hm, dicts, hooks, output_stats):
         h = Harvester(dicts, cfg(sum(x.n_latents for x in dicts), output_stats), hooks, device)
@@ -143,7 +136,7 @@ def main(argv=None) -> dict:
     rows["forward"] = meter(forward)[:2]  # before any hook is registered
     hooked = HookedModel(model, [hook])
     harvest(hooked, [sae], [hook], False)  # warm-up of the harvest path
-    rows["forward+encode"] = meter(forward_encode)[:2]
+    rows["forward+encode"] = meter(forward_encode(hooked, sae, hook, data))[:2]
     rows["harvest (no out)"] = meter(lambda: harvest(hooked, [sae], [hook], False))[:2]
     rows["harvest"] = meter(lambda: harvest(hooked, [sae], [hook], True))[:2]
 

@@ -19,11 +19,11 @@ import msgspec
 from clients.backoff import retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, StopReason
 from clients.config import ModelPrice, Prices
+from clients.errors import ClientConfigError
 from clients.keys import Secret, redact
 from clients.structured import UNDECODABLE, decode_output
+from clients.usage import Usage
 from clients.verdict import Verdict, http_verdict
-from engine.errors import UserError
-from engine.schemas import Usage
 
 log = logging.getLogger("clients")
 API_VERSION = "2023-06-01"
@@ -80,7 +80,7 @@ _decode_error = msgspec.json.Decoder(_ErrorBody).decode
 class AnthropicWire:
     def __init__(self, model: str, base_url: str, key: Secret | None, prices: Prices, cache_ttl: str = "5m"):
         if cache_ttl not in ("5m", "1h"):
-            raise UserError(f"cache_ttl must be '5m' or '1h', got {cache_ttl!r}")
+            raise ClientConfigError(f"cache_ttl must be '5m' or '1h', got {cache_ttl!r}")
         self.model = model
         self.url = base_url.rstrip("/") + "/v1/messages"
         self._key = key
@@ -99,8 +99,8 @@ class AnthropicWire:
 
     def body(self, request: CompletionRequest) -> dict:
         if request.logprobs or request.prompt_logprobs:
-            raise UserError("Anthropic models return no logprobs: use an openai-compatible server (vLLM) for "
-                            "logprob-based scoring, or set logprobs=0")
+            raise ClientConfigError("Anthropic models return no logprobs: use an openai-compatible server (vLLM) for "
+                                    "logprob-based scoring, or set logprobs=0")
         return params_body(request, self.model, self.cache_ttl, self.send_temperature)
 
     def estimate_usd(self, request: CompletionRequest, payload_bytes: int) -> float:

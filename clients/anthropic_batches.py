@@ -19,17 +19,15 @@ cache). Steps, each persisted in the state file before the next:
 So a restart never submits a request twice, and every request passed in gets
 exactly one response. Batch custom_ids must match ^[a-zA-Z0-9_-]{1,64}$; ours
 like "explain:blocks.2.hook_resid_post/17" are mapped to a readable safe form
-plus a hash (`batch_custom_id`).
+plus a hash (`batch_custom_id`). The state file and its records live in
+clients.batch_state (re-exported here); this module is the runner.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import logging
-import os
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,16 +42,19 @@ from tqdm import tqdm
 from clients.anthropic import AnthropicWire, Message, params_body
 from clients.backoff import backoff_s, retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, failed
+from clients.batch_state import BatchRecord, BatchState, PendingCreate, batch_custom_id, load_state, save_state
+from clients.errors import ClientConfigError
 from clients.http_client import HTTPClient
 from clients.keys import redact
 from clients.runner import RunSummary
 from clients.structured import UNDECODABLE
 from clients.verdict import http_verdict
-from engine.errors import UserError
+
+__all__ = ["BatchPolicy", "BatchRecord", "BatchRunner", "BatchState", "PendingCreate", "batch_custom_id",
+           "load_state", "run_batches", "save_state"]
 
 log = logging.getLogger("clients")
 _encode = msgspec.json.Encoder().encode
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 ERROR_TYPES = {
     "invalid_request_error": "http_400", "authentication_error": "http_401", "billing_error": "http_402",
     "permission_error": "http_403", "not_found_error": "http_404", "request_too_large": "http_413",
@@ -74,29 +75,6 @@ class BatchPolicy:
     "Encoded size per batch, under the API's 256 MB."
     adopt_skew_s: float = 300.0
     "Clock skew allowed when matching a batch to an interrupted create (server created_at vs our clock)."
-
-
-class BatchRecord(msgspec.Struct, kw_only=True):
-    id: str
-    "Anthropic batch id (msgbatch_...)."
-    custom_ids: list[str]
-    "Batch-safe custom ids of its requests."
-    created_at: float
-    done: bool = False
-    "Results handed over."
-
-
-class PendingCreate(msgspec.Struct, kw_only=True):
-    started_at: float
-    "Unix time just before the create request was sent."
-    custom_ids: list[str]
-
-
-class BatchState(msgspec.Struct, kw_only=True):
-    """The state file: every batch this run submitted, and an interrupted create if any."""
-
-    batches: list[BatchRecord] = []
-    pending: PendingCreate | None = None
 
 
 class _BatchObject(msgspec.Struct):
@@ -131,43 +109,23 @@ class _ResultLine(msgspec.Struct):
     result: _Result
 
 
-def batch_custom_id(custom_id: str) -> str:
-    """A batch-safe id (^[a-zA-Z0-9_-]{1,64}$): the id with unsafe characters replaced, cut, plus a hash."""
-    digest = hashlib.sha256(custom_id.encode()).hexdigest()[:12]
-    return f"{_UNSAFE.sub('_', custom_id)[:48]}-{digest}"
-
-
-def load_state(path: Path) -> BatchState:
-    if not path.exists():
-        return BatchState()
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=BatchState)
-    except UNDECODABLE as e:
-        raise UserError(f"{path}: unreadable batch state ({e}); it lists submitted batch ids, so fix it rather "
-                        "than delete it, or delete it only if those batches are no longer wanted") from None
-
-
-def save_state(path: Path, state: BatchState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(msgspec.json.format(_encode(state)))
-    os.replace(tmp, path)
-
-
 def _shaped(data, type_):
     """A decoded 200 body as `type_`; a body of another shape is a one-line error, not a traceback."""
     try:
         return msgspec.convert(data, type_)
     except msgspec.ValidationError as e:
-        raise UserError(f"the Message Batches API answered with an unexpected body ({e}) -- check --base-url "
-                        "points at the Anthropic API; rerun to resume (submitted batches are in the state file)") from None
+        raise ClientConfigError(f"the Message Batches API answered with an unexpected body ({e}) -- check "
+                                "--base-url points at the Anthropic API; rerun to resume (submitted batches are in "
+                                "the state file)") from None
+
 
 class BatchRunner:
     """One `run_batches` call: the client, the state file and the requests of this call."""
 
     def __init__(self, client: HTTPClient, state_path: Path, policy: BatchPolicy):
         if not isinstance(client.wire, AnthropicWire):
-            raise UserError("Message Batches need an Anthropic client: make_client('anthropic', MODEL, cache_ttl='1h')")
+            raise ClientConfigError("Message Batches need an Anthropic client: "
+                                    "make_client('anthropic', MODEL, cache_ttl='1h')")
         self.client = client
         self.wire: AnthropicWire = client.wire
         self.root = self.wire.url  # .../v1/messages
@@ -206,8 +164,8 @@ class BatchRunner:
                     verdict = http_verdict(resp.status, retry_after_s(resp.headers), f"{err.type}: {err.message}",
                                            resp.headers.get("request-id", ""))
                     if verdict.kind != "retry":
-                        raise UserError(f"batch {method} {url.rsplit('/v1/', 1)[-1]} failed: {verdict.error} "
-                                        f"({redact(verdict.detail)[:200]})")
+                        raise ClientConfigError(f"batch {method} {url.rsplit('/v1/', 1)[-1]} failed: {verdict.error} "
+                                                f"({redact(verdict.detail)[:200]})")
                     if not idempotent:
                         raise _CreateUncertain(verdict.retry_after)
                     wait = verdict.retry_after
@@ -217,8 +175,9 @@ class BatchRunner:
                 log.debug("batch %s %s: %s, retrying", method, url, type(e).__name__)
             if attempt < retry.max_attempts:
                 await asyncio.sleep(wait if wait is not None else backoff_s(retry, attempt, self.client.rng))
-        raise UserError(f"batch {method} {url.rsplit('/v1/', 1)[-1]} kept failing after {retry.max_attempts} "
-                        "attempts; rerun the same command later to resume (submitted batches are in the state file)")
+        raise ClientConfigError(f"batch {method} {url.rsplit('/v1/', 1)[-1]} kept failing after {retry.max_attempts} "
+                                "attempts; rerun the same command later to resume (submitted batches are in the "
+                                "state file)")
 
     # ------------------------------------------------------------------ steps
 
@@ -233,9 +192,9 @@ class BatchRunner:
                    and _unix(b.created_at) >= pending.started_at - self.policy.adopt_skew_s
                    and sum(b.request_counts.values()) == len(pending.custom_ids)]
         if len(matches) > 1:
-            raise UserError(f"{self.path}: an interrupted batch create matches {len(matches)} recent batches "
-                            f"({', '.join(b.id for b in matches)}); cancel the extra ones in the console, then "
-                            "set 'pending' to null in the state file")
+            raise ClientConfigError(f"{self.path}: an interrupted batch create matches {len(matches)} recent batches "
+                                    f"({', '.join(b.id for b in matches)}); cancel the extra ones in the console, then "
+                                    "set 'pending' to null in the state file")
         if matches:
             log.info("adopting batch %s from an interrupted create", matches[0].id)
             self.state.batches.append(BatchRecord(id=matches[0].id, custom_ids=pending.custom_ids,
@@ -264,7 +223,7 @@ class BatchRunner:
                     wait = backoff_s(self.client.retry, attempt, self.client.rng)
                 await asyncio.sleep(wait)
                 continue
-            except UserError:
+            except ClientConfigError:
                 self.state.pending = None
                 save_state(self.path, self.state)
                 raise
@@ -274,7 +233,7 @@ class BatchRunner:
             save_state(self.path, self.state)
             log.info("submitted batch %s (%d requests)", created.id, len(items))
             return created.id
-        raise UserError("creating a message batch kept failing; rerun the same command later to resume")
+        raise ClientConfigError("creating a message batch kept failing; rerun the same command later to resume")
 
     async def results(self, record: BatchRecord, url: str, wanted: dict[str, CompletionRequest],
                       deliver: Callable[[CompletionResponse], Awaitable[None]]) -> None:
@@ -347,7 +306,8 @@ async def run_batches(client: HTTPClient, requests: Iterable[CompletionRequest],
     for r in requests:
         bid = batch_custom_id(r.custom_id)
         if bid in wanted:
-            raise UserError(f"duplicate custom_id {r.custom_id!r} in the requests: each item must have a unique id")
+            raise ClientConfigError(f"duplicate custom_id {r.custom_id!r} in the requests: each item must have "
+                                    "a unique id")
         wanted[bid] = r
     failures: Counter[str] = Counter()
     counts = {"completed": 0, "succeeded": 0}

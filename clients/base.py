@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
-from engine.schemas import Usage
+from clients.usage import Usage
 
 if TYPE_CHECKING:
     from clients.ledger import CostLedger
@@ -34,7 +34,7 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     temperature: float = 0.0
     "Sampling temperature; dropped for Anthropic models that reject it."
     schema: dict | None = None
-    "JSON schema (engine.schemas.provider_schema(T)) -> structured output, decoded into `parsed`."
+    "JSON schema (clients.structured.provider_schema(T)) -> structured output, decoded into `parsed`."
     schema_name: str = "output"
     "Name of the schema (OpenAI-compatible `json_schema.name`)."
     logprobs: int = 0

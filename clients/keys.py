@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from engine.errors import UserError
+from clients.errors import ClientConfigError
 
 _SECRETS: set[str] = set()
 
@@ -31,11 +31,12 @@ class Secret:
 
 
 def read_key(env_var: str, required: bool) -> Secret | None:
-    """The key in `env_var`; a one-line UserError naming the variable when it is required and unset."""
+    """The key in `env_var`; a one-line ClientConfigError naming the variable when it is required and unset."""
     value = os.environ.get(env_var, "").strip()
     if not value:
         if required:
-            raise UserError(f"API key missing: set the environment variable {env_var} (e.g. `export {env_var}=...`)")
+            raise ClientConfigError(f"API key missing: set the environment variable {env_var} "
+                                    f"(e.g. `export {env_var}=...`)")
         return None
     return Secret(value)
 

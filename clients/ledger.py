@@ -13,7 +13,7 @@ from collections import Counter
 
 import msgspec
 
-from engine.schemas import Usage
+from clients.usage import Usage
 
 
 class LedgerTotals(msgspec.Struct, kw_only=True):

@@ -28,11 +28,11 @@ import msgspec
 from clients.backoff import retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, StopReason
 from clients.config import ModelPrice, Prices
+from clients.errors import ClientConfigError
 from clients.keys import Secret, redact
 from clients.structured import UNDECODABLE, decode_output
+from clients.usage import Usage
 from clients.verdict import Verdict, http_verdict
-from engine.errors import UserError
-from engine.schemas import Usage
 
 FINISH_REASONS: dict[str, StopReason] = {
     "stop": "end", "tool_calls": "end", "function_call": "end", "eos": "end",
@@ -161,7 +161,7 @@ class OpenAIWire:
             body["top_logprobs"] = request.logprobs
         if request.prompt_logprobs:
             if self.openrouter:
-                raise UserError("prompt_logprobs is a vLLM extension; OpenRouter does not offer it")
+                raise ClientConfigError("prompt_logprobs is a vLLM extension; OpenRouter does not offer it")
             body["prompt_logprobs"] = request.prompt_logprobs
         if self.openrouter and (request.schema is not None or request.logprobs):
             body["provider"] = {"require_parameters": True}

@@ -6,7 +6,7 @@ sleeping in backoff do not leave HTTP slots idle; the client's own limiter
 bounds what is on the wire), and calls `on_result` once per request, in
 completion order. Every request yields exactly one response: a failure is a
 response with `error` set, never a lost item. A duplicate `custom_id` is a
-UserError raised before that request is sent.
+ClientConfigError raised before that request is sent.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import msgspec
 from tqdm import tqdm
 
 from clients.base import Client, CompletionRequest, CompletionResponse
-from engine.errors import UserError
+from clients.errors import ClientConfigError
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -61,8 +61,8 @@ async def run_requests(client: Client, requests: Iterable[CompletionRequest] | A
                     exhausted = True
                     break
                 if request.custom_id in seen:
-                    raise UserError(f"duplicate custom_id {request.custom_id!r} in the requests: each item must "
-                                    "have a unique id")
+                    raise ClientConfigError(f"duplicate custom_id {request.custom_id!r} in the requests: each item "
+                                            "must have a unique id")
                 seen.add(request.custom_id)
                 pending.add(asyncio.ensure_future(client.complete(request)))
             if not pending:

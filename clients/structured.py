@@ -4,8 +4,12 @@ Providers with native structured output return bare JSON; local servers
 without a grammar, or models asked without one, may wrap it in a ``` fence
 or a sentence. `decode_output` tries the bare text, then the fenced block,
 then the outermost {...} span, and checks the result with `schema_errors`
-(the subset of JSON Schema that `engine.schemas.provider_schema` emits, plus
-the usual numeric/length bounds).
+(the subset of JSON Schema that `provider_schema` emits, plus the usual
+numeric/length bounds).
+
+`provider_schema(T)` turns a msgspec Struct into the JSON Schema that LLM
+providers accept for structured output: root inlined, every property
+required, `additionalProperties: false`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,27 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,), "null": (type(None),),
     "integer": (int,), "number": (int, float),
 }
+
+
+def provider_schema(struct_type: type) -> dict[str, Any]:
+    """JSON Schema for structured output: root inlined, all fields required, no extras."""
+    schema = msgspec.json.schema(struct_type)
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            out = {k: resolve(v) for k, v in node.items() if k not in ("title", "default")}
+            if out.get("type") == "object" and "properties" in out:
+                out["required"] = list(out["properties"])
+                out["additionalProperties"] = False
+            return out
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
 
 
 def decode_output(text: str, schema: dict) -> tuple[Any, str | None]:

@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 
 from clients.base import CompletionResponse
-from engine.schemas import Usage
+from clients.usage import Usage
 
 
 class Verdict(msgspec.Struct, kw_only=True):

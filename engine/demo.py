@@ -8,17 +8,19 @@ every output is.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engine.errors import run_cli
-from engine.harvest import ASSETS, DEFAULT_DATASET, DEFAULT_MODEL
+from engine.core.cli import parse_config
+from engine.core.errors import run_cli
+from engine.core.rundir import RunDir
+from engine.harvest.defaults import ASSETS, DEFAULT_DATASET, DEFAULT_MODEL
 
 
 @torch.no_grad()
@@ -37,27 +39,36 @@ def heldout_loss(model_path: str = DEFAULT_MODEL, n_windows: int = 32, length: i
     return float(model(input_ids=x, labels=x).loss), math.log(len(tok))
 
 
+@dataclass(frozen=True)
+class DemoConfig:
+    """`engine.demo`: harvest -> offline labels -> report on the embedded default."""
+
+    out: str = "runs/demo"
+    "Run directory."
+    n_tokens: int = 40_000
+    "Tokens to harvest."
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m engine.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="run directory")
-    p.add_argument("--n-tokens", type=int, default=40_000, help="tokens to harvest")
-    a = p.parse_args(argv)
+    _, a = parse_config(DemoConfig, argv, prog="python -m engine.demo", doc=__doc__)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
 
     loss, uniform = heldout_loss()
     print(f"demo model: held-out loss {loss:.3f} nats/token vs {uniform:.3f} for a uniform guess (perplexity {math.exp(loss):.1f} vs {math.exp(uniform):.0f})")
 
-    from engine import harvest, interpret, report
+    from engine.harvest import run as harvest
+    from engine.interpret import run as interpret
+    from engine.report import site as report
 
     harvest.main([DEFAULT_MODEL, "--dataset", DEFAULT_DATASET, "--n-tokens", str(a.n_tokens), "--out", a.out,
                   "--n-random", "20", "--batch-size", "16"])
     interpret.main([a.out, "--provider", "search"])
     index = report.build_report(Path(a.out))
-    run = Path(a.out)
+    run = RunDir(a.out)
     print(f"\ndemo finished in {time.time() - t0:.0f}s. Outputs:")
-    print(f"  harvest   {run / 'harvest' / 'components.jsonl'}  (+ config.json, stats.safetensors, tokens.bin)")
-    print(f"  labels    {run / 'interpretations' / 'results.jsonl'}  (offline search labels; add an LLM with python -m engine.interpret)")
+    print(f"  harvest   {run.components}  (+ config.json, stats.safetensors, tokens.bin)")
+    print(f"  labels    {run.explanations()}  (offline search labels; add an LLM with python -m engine.interpret)")
     print(f"  report    {index}")
 
 

@@ -1,10 +1,8 @@
-"""python -m engine.merge RUN: fold the shard logs of sharded interpret/score runs into the main logs.
+"""python -m engine.merge RUN: fold the shard logs of sharded interpret/score runs into the main logs
+(engine/score/merge.py)."""
 
-See engine/shards.py for the file layout and the no-duplicates rule.
-"""
-
-from engine.errors import run_cli
-from engine.shards import main
+from engine.core.errors import run_cli
+from engine.score.merge import main
 
 if __name__ == "__main__":
     run_cli(main)

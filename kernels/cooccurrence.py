@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kernels.dispatch import check, interpreting, tl, triton, use_triton
+from kernels.matmul_tile import matmul_tile
 
 EXACT_ROWS = 1 << 24  # fp32 holds every integer below 2^24 exactly
 
@@ -38,17 +39,11 @@ def _cooc_dense_kernel(
     if pid_m <= pid_n:  # upper triangle only; the mirror store covers the rest
         offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
         offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-        offs_t = tl.arange(0, BLOCK_T)
         mask_m = offs_m < L
         mask_n = offs_n < L
-        acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
-        for t0 in range(0, T, BLOCK_T):
-            tt = t0 + offs_t
-            a = tl.load(f_ptr + tt[None, :] * stride_ft + offs_m[:, None] * stride_fl,  # [BLOCK, BT] = F^T tile
-                        mask=mask_m[:, None] & (tt[None, :] < T), other=0.0)
-            b = tl.load(f_ptr + tt[:, None] * stride_ft + offs_n[None, :] * stride_fl,  # [BT, BLOCK]
-                        mask=(tt[:, None] < T) & mask_n[None, :], other=0.0)
-            acc = tl.dot(a, b, acc)
+        # A = F^T (F with its strides swapped), B = F; fp16 0/1 products on tensor cores
+        acc = matmul_tile(f_ptr, f_ptr, f_ptr, offs_m, offs_n, mask_m, mask_n, T,
+                          stride_fl, stride_ft, stride_ft, stride_fl, False, False, BLOCK, BLOCK, BLOCK_T)
         cnt = acc.to(tl.int64)
         mask = mask_m[:, None] & mask_n[None, :]
         ptr = c_ptr + offs_m[:, None] * stride_ca + offs_n[None, :] * stride_cb

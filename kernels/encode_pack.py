@@ -26,12 +26,13 @@ other activations. Only positive values enter the lists, since a non-positive
 value never fires after the relu. k above TOPK_MAX_K would not fit in registers:
 `encode_pack` then uses the reference.
 
-The GEMM runs in W_enc's dtype (x is cast if it differs; x is the small operand).
-b_dec is subtracted from each x tile in fp32 and the difference rounded back to
-that dtype, as a model running the dictionary in bf16 would; the reference
-subtracts in fp32, hence the per-dtype tolerance of the tests. fp32 weights use
-exact fp32 products (`input_precision="ieee"`): TF32 would move values across
-the firing threshold. bf16/fp16 weights use tensor cores with fp32 accumulation.
+The GEMM tiles come from `kernels.matmul_tile`, in W_enc's dtype (x is cast if
+it differs; x is the small operand). b_dec is subtracted from each x tile in fp32
+and the difference rounded back to that dtype, as a model running the dictionary
+in bf16 would; the reference subtracts in fp32, hence the per-dtype tolerance of
+the tests. fp32 weights use exact fp32 products (`input_precision="ieee"`): TF32
+would move values across the firing threshold. bf16/fp16 weights use tensor cores
+with fp32 accumulation.
 """
 
 from typing import NamedTuple
@@ -40,12 +41,12 @@ import torch
 from torch import Tensor
 
 from kernels.dispatch import check, interpreting, tl, triton, use_triton
+from kernels.matmul_tile import matmul_tile
 
 ACTIVATIONS = ("relu", "jumprelu", "topk", "clamp")
 ACT_CODE = {"relu": 0, "jumprelu": 1, "clamp": 2}
 INT64_MAX = torch.iinfo(torch.int64).max
 TOPK_MAX_K = 256  # largest k of the Triton topk ([BLOCK_M, KP] int64 keys live in registers)
-INTERPRET_BF16_FIX = tl.constexpr(interpreting())  # see _dot
 
 
 class Firings(NamedTuple):
@@ -62,36 +63,6 @@ class Firings(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- kernels
-
-
-@triton.jit
-def _load_x(x_ptr, bdec_ptr, offs_m, kk, mask_m, D, stride_xn, stride_xd, HAS_BDEC: tl.constexpr):
-    """[BM, BK] tile of x (minus b_dec, in fp32, rounded back to x's dtype as the GEMM input)."""
-    mask_k = kk < D
-    a = tl.load(x_ptr + offs_m[:, None] * stride_xn + kk[None, :] * stride_xd, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-    if HAS_BDEC:
-        diff = a.to(tl.float32) - tl.load(bdec_ptr + kk, mask=mask_k, other=0.0)[None, :]
-        if INTERPRET_BF16_FIX and a.dtype == tl.bfloat16:
-            # the interpreter's fp32 -> bf16 cast does not round to nearest; do it on the bits
-            # and keep the (bf16-exact) result in fp32, which _dot takes as it is
-            bits = diff.to(tl.int32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-            a = bits.to(tl.float32, bitcast=True)
-        else:
-            a = diff.to(a.dtype)
-    return a
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    """acc + a @ b with fp32 accumulation; IEEE: exact fp32 products (fp32 inputs, no TF32)."""
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    elif INTERPRET_BF16_FIX and b.dtype == tl.bfloat16:
-        # the interpreter (numpy has no bf16) gets bf16 dots wrong; bf16 -> fp32 is exact
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -119,18 +90,12 @@ def _encode_pack_kernel(
     pid_n = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] int64 rows
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] int64 latents
-    offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < N
     mask_n = offs_n < L
 
     # -- GEMM over d with fp32 accumulation
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        kk = k0 + offs_k
-        a = _load_x(x_ptr, bdec_ptr, offs_m, kk, mask_m, D, stride_xn, stride_xd, HAS_BDEC)
-        b = tl.load(w_ptr + kk[:, None] * stride_wd + offs_n[None, :] * stride_wl,
-                    mask=(kk[:, None] < D) & mask_n[None, :], other=0.0)
-        acc = _dot(a, b, acc, IEEE)
+    acc = matmul_tile(x_ptr, w_ptr, bdec_ptr, offs_m, offs_n, mask_m, mask_n, D,
+                      stride_xn, stride_xd, stride_wd, stride_wl, HAS_BDEC, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
 
     # -- epilogue: bias and activation in registers
     pre = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
@@ -194,7 +159,6 @@ def _encode_topk_partial_kernel(
     pid_m = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < N
     lat_lo = pid_s * slice_len
     lat_hi = tl.minimum(lat_lo + slice_len, L)
@@ -204,13 +168,8 @@ def _encode_topk_partial_kernel(
     for n0 in range(lat_lo, lat_hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < lat_hi
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            kk = k0 + offs_k
-            a = _load_x(x_ptr, bdec_ptr, offs_m, kk, mask_m, D, stride_xn, stride_xd, HAS_BDEC)
-            b = tl.load(w_ptr + kk[:, None] * stride_wd + offs_n[None, :] * stride_wl,
-                        mask=(kk[:, None] < D) & mask_n[None, :], other=0.0)
-            acc = _dot(a, b, acc, IEEE)
+        acc = matmul_tile(x_ptr, w_ptr, bdec_ptr, offs_m, offs_n, mask_m, mask_n, D,
+                          stride_xn, stride_xd, stride_wd, stride_wl, HAS_BDEC, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
         pre = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
         pre = tl.where(mask_m[:, None] & mask_n[None, :], pre, 0.0)
         key = _topk_key(pre, offs_n[None, :])  # [BM, BN]

@@ -4,9 +4,9 @@ import json
 
 import msgspec
 
+from engine.core.schemas import ComponentData, Explanation
 from engine.demo import heldout_loss
 from engine.demo import main as demo_main
-from engine.schemas import ComponentData, Explanation
 
 
 def test_demo_end_to_end(tmp_path, capsys):

@@ -1,0 +1,68 @@
+"""`Harvester`: encode activations with the dictionaries and fold them into a HarvestState.
+
+Library use inside any loop (no model needed):
+
+    h = Harvester([dictionary], StateConfig(...))
+    h.update({"blocks.2.hook_resid_post": acts}, tokens)   # acts [B, S, d], tokens [B, S]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from engine.core.errors import UserError
+from engine.harvest.dictionaries import Dictionary
+from engine.harvest.firings import Firings
+from engine.harvest.state import HarvestState, StateConfig
+
+
+class Harvester:
+    """Encodes activations with the dictionaries and folds them into a HarvestState."""
+
+    def __init__(self, dictionaries: list[Dictionary], cfg: StateConfig, hookpoints: list[str] | None = None, device="cpu"):
+        self.dictionaries = dictionaries
+        self.hookpoints = hookpoints or [d.hookpoint or f"site{i}" for i, d in enumerate(dictionaries)]
+        self.offsets = [0]
+        for d in dictionaries:
+            self.offsets.append(self.offsets[-1] + d.n_latents)
+        if self.offsets[-1] != cfg.n_latents:
+            raise ValueError(f"StateConfig.n_latents={cfg.n_latents} but the dictionaries have {self.offsets[-1]} latents")
+        self.state = HarvestState(cfg, device)
+        self.device = torch.device(device)
+        self._next_seq = 0
+
+    def encode(self, acts: dict[str, Tensor] | Tensor) -> Firings:
+        """{hookpoint: [B, S, d]} -> firings over the global latent axis, sorted by (tok, lat)."""
+        if isinstance(acts, Tensor):
+            acts = {self.hookpoints[0]: acts}
+        parts = []
+        for name, d, off in zip(self.hookpoints, self.dictionaries, self.offsets):
+            x = acts[name]
+            if x.shape[-1] != d.d_in:
+                raise UserError(f"hookpoint {name} has width {x.shape[-1]} but dictionary {d.path} expects d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
+            f = d.encode(x.reshape(-1, x.shape[-1]).to(self.device))
+            parts.append(Firings(f.tok, f.lat + off, f.val))
+        if len(parts) == 1:
+            return parts[0]
+        tok = torch.cat([p.tok for p in parts])
+        lat = torch.cat([p.lat for p in parts])
+        order = torch.argsort(tok * self.state.cfg.n_latents + lat)
+        return Firings(tok[order], lat[order], torch.cat([p.val for p in parts])[order])
+
+    def update(self, acts, tokens: Tensor, *, seq_ids: Tensor | None = None, valid: Tensor | None = None, logits: Tensor | None = None) -> None:
+        """acts {hookpoint: [B, S, d]} (or one tensor), tokens [B, S]; logits [B, S, V] enable output stats."""
+        tokens = tokens.to(self.device)
+        B, S = tokens.shape
+        if seq_ids is None:  # consecutive rows; no host sync either way
+            seq_ids = torch.arange(self._next_seq, self._next_seq + B, device=self.device)
+            self._next_seq += B
+        firings = self.encode(acts)
+        next_top = next_mass = None
+        if logits is not None and self.state.cfg.output_stats:
+            probs = torch.softmax(logits.float().reshape(B * S, -1), dim=-1)  # [B*S, V]
+            v = valid.reshape(-1) if valid is not None else torch.ones(B * S, dtype=torch.bool, device=self.device)
+            next_mass = (v.to(probs.dtype) @ probs).double()  # [V] mass over valid positions
+            top_p, top_id = probs.topk(self.state.cfg.output_top, dim=-1)
+            next_top = (top_id, top_p)
+        self.state.update(tokens, firings, seq_ids=seq_ids.to(self.device), valid=valid, next_top=next_top, next_mass=next_mass)

@@ -1,0 +1,202 @@
+"""Turn a HarvestState into the run's documented outputs.
+
+RUN/harvest/
+  config.json          RunConfig
+  components.jsonl     one ComponentData per latent that fired, by latent index
+  stats.safetensors    per-latent count, act_sum, act_max, hist; tok_total (all latents, dead ones too)
+  tokens.bin           int32 token store [n_sequences, context_length]
+
+Statistic formulas (N token positions, n_i firings of latent i, c_it joint
+count or probability mass, m_t marginal of token t, co_ij joint firings):
+  token precision = c_it / m_t, recall = c_it / n_i, PMI = log(c_it N / (n_i m_t));
+  latent precision(j|i) = co_ij / n_i, recall = co_ij / n_j,
+  PMI = log(co_ij N / (n_i n_j)), Jaccard = co_ij / (n_i + n_j - co_ij).
+Lists keep the top `top_n` entries with joint count >= `min_count`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from engine.core.rundir import RunDir, replacing, write_atomic
+from engine.core.schemas import (
+    ActivationExample,
+    ComponentCorrelations,
+    ComponentData,
+    HookpointInfo,
+    LogitLens,
+    RunConfig,
+    Scored,
+    TokenStats,
+)
+from engine.harvest.state import HarvestState, StateConfig
+
+TOP_N = 10
+MIN_COUNT = 2
+
+
+def run_config(a, model, dicts, sites, cfg: StateConfig, n_seq: int, n_tokens: int, version: str) -> RunConfig:
+    hps, off = [], 0
+    for site, d in zip(sites, dicts):
+        ids = d.latent_ids.tolist() if d.latent_ids is not None else None
+        hps.append(HookpointInfo(name=site.name, module=site.module, dictionary=d.path, kind=d.kind, d_in=d.d_in,
+                                 n_latents=d.n_latents, offset=off, latent_ids=ids))
+        off += d.n_latents
+    return RunConfig(
+        model=a.model, model_class=type(model).__name__, n_layers=int(getattr(model.config, "num_hidden_layers", 0)),
+        dataset=a.dataset, dataset_column=a.dataset_column, context_length=cfg.seq_len, batch_size=a.batch_size,
+        n_sequences=n_seq, n_tokens=n_tokens, hookpoints=hps, n_latents=cfg.n_latents, top_k=cfg.top_k,
+        n_random=cfg.n_random, window=cfg.window, histogram_edges=cfg.hist_edges(), filter_bos=a.filter_bos,
+        output_stats=cfg.output_stats, seed=cfg.seed, engine_version=version, backend="torch",
+    )
+
+
+def token_strings(tokenizer, vocab: int) -> list[str]:
+    n = len(tokenizer)
+    return [tokenizer.decode([i]) if i < n else f"<{i}>" for i in range(vocab)]
+
+
+def _ranked(names, index: Tensor, value: Tensor, count: Tensor, n: int, descending=True) -> list[Scored]:
+    if len(value) == 0:
+        return []
+    o = torch.argsort(value, descending=descending, stable=True)[:n]
+    return [Scored(names(int(index[i])), int(index[i]), _sig(value[i]), _sig(count[i])) for i in o]
+
+
+def _sig(x) -> float:
+    """6 significant digits: compact JSON, relative error < 1e-6."""
+    return float(f"{float(x):.6g}")
+
+
+def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, names, jaccard=False):
+    """Precision/recall/PMI(/Jaccard) lists for one row of a pair table."""
+    keep = (joint >= MIN_COUNT) & (marg[cols] > 0)
+    cols, joint = cols[keep], joint[keep]
+    m = marg[cols].double()
+    prec = joint / n_i if jaccard else joint / m
+    rec = joint / m if jaccard else joint / n_i
+    pmi = torch.log(joint * N / (n_i * m))
+    out = dict(
+        precision=_ranked(names, cols, prec, joint, TOP_N),
+        recall=_ranked(names, cols, rec, joint, TOP_N),
+        pmi=_ranked(names, cols, pmi, joint, TOP_N),
+    )
+    if jaccard:
+        out["jaccard"] = _ranked(names, cols, joint / (n_i + m - joint), joint, TOP_N)
+    return out
+
+
+STATS = ("count", "act_sum", "act_max", "hist", "tok_total")
+"Per-latent (and per-token) tensors of stats.safetensors."
+
+
+def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, model, run: RunDir) -> None:
+    s = {k: v.cpu() for k, v in state.tensors().items()}
+    write_summary(rc, s, run)
+    write_components(state, rc, dicts, tokenizer, store, model, run.components, s["count"])
+
+
+def write_summary(rc: RunConfig, stats: dict[str, Tensor], run: RunDir) -> None:
+    """config.json and stats.safetensors (all latents)."""
+    write_atomic(run.config, msgspec.json.format(msgspec.json.encode(rc)))
+    with replacing(run.stats) as tmp:
+        save_file({k: stats[k].contiguous() for k in STATS}, str(tmp))
+
+
+def write_components(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, model, path: Path,
+                     all_counts: Tensor, progress: bool = True) -> None:
+    """One ComponentData line per latent of the state's rows that fired, written to `path` via a temp file.
+    all_counts [n_latents]: firing counts of every latent (co-occurrence marginals; a latent-parallel
+    state only counts its own rows)."""
+    cfg = state.cfg
+    lo, _ = cfg.rows
+    s = {k: v.cpu() for k, v in state.tensors().items()}
+    N = float(s["n_tokens"])
+    vocab_str = token_strings(tokenizer, cfg.vocab_size)
+    original = [(h, h.latent_ids[i] if h.latent_ids else i) for h in rc.hookpoints for i in range(h.n_latents)]
+    keys = [f"{h.name}/{i}" for h, i in original]
+    lens = logit_lens(dicts, model, rc)
+    count = all_counts.cpu()
+    cooc_rows = state.cooc
+    enc = msgspec.json.Encoder()
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        for row in tqdm(torch.nonzero(s["count"] > 0).squeeze(1).tolist(), desc="results", unit="latent", disable=not progress):
+            lat = lo + row  # global latent index; `row` indexes this state's tensors
+            n_i = float(count[lat])
+            hp = next(h for h in rc.hookpoints if h.offset <= lat < h.offset + h.n_latents)
+            cols, w = state.in_tok.row_entries(row)
+            ins = pair_stats(cols.cpu(), w.cpu(), n_i, s["tok_total"].double(), N, vocab_str.__getitem__)
+            in_stats = TokenStats(top_precision=ins["precision"], top_recall=ins["recall"], top_pmi=ins["pmi"],
+                                  exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(row))
+            out_stats = None
+            if state.out_tok is not None and len(s["out_total"]):
+                cols, w = state.out_tok.row_entries(row)
+                o = pair_stats(cols.cpu(), w.cpu(), n_i, s["out_total"], N, vocab_str.__getitem__)
+                out_stats = TokenStats(top_precision=o["precision"], top_recall=o["recall"], top_pmi=o["pmi"],
+                                       exact=False, error_bound=state.out_tok.error_bound(row))
+            cols, w = cooc_rows.row_entries(row)
+            cols, w = cols.cpu(), w.cpu()
+            self_mask = cols != lat
+            co = pair_stats(cols[self_mask], w[self_mask], n_i, count.double(), N, keys.__getitem__, jaccard=True)
+            corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(row))
+            comp = ComponentData(
+                component_key=keys[lat], hookpoint=hp.name, component_idx=original[lat][1], latent=lat,
+                firing_count=int(n_i), firing_density=n_i / N if N else 0.0,
+                mean_activation=float(s["act_sum"][row]) / n_i, max_activation=float(s["act_max"][row]),
+                histogram=s["hist"][row].tolist(),
+                top_examples=examples(s["top_loc"][row], s["top_val"][row], s["top_win"][row], store, cfg.window, vocab_str, "top"),
+                random_examples=examples(s["res_loc"][row], s["res_val"][row], s["res_win"][row], store, cfg.window, vocab_str, "random"),
+                input_token_stats=in_stats, output_token_stats=out_stats,
+                logit_lens=lens(lat, vocab_str) if lens else None, correlations=corr,
+            )
+            f.write(enc.encode(comp) + b"\n")
+
+
+def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, vocab_str, source) -> list[ActivationExample]:
+    S = store.shape[1]
+    wins = wins.numpy().round(5)  # [K, 2W+1]
+    out = []
+    for j, (loc, val) in enumerate(zip(locs.tolist(), vals.tolist())):
+        if loc < 0:
+            continue
+        ids, fi = store.window(loc, W)
+        seq, pos = divmod(loc, S)
+        lo = W - fi  # window rows start at offset -W; clip to the sequence
+        out.append(ActivationExample(sequence=seq, position=pos, activation=round(val, 6), token_ids=ids,
+                                     tokens=[vocab_str[i] for i in ids], activations=wins[j, lo : lo + len(ids)].tolist(),
+                                     firing_index=fi, source=source))
+    return out
+
+
+def logit_lens(dicts, model, rc: RunConfig, n: int = 10):
+    """Decoder rows through the final norm weight and the unembedding -> top/bottom tokens."""
+    if model is None or not hasattr(model, "get_output_embeddings"):
+        return None
+    W_U = model.get_output_embeddings().weight.detach().float().cpu()  # [V, d]
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    gamma = norm.weight.detach().float().cpu() if norm is not None and hasattr(norm, "weight") else torch.ones(W_U.shape[1])
+    rows = {}
+    for h, d in zip(rc.hookpoints, dicts):
+        if d.W_dec is not None and d.W_dec.shape[1] == W_U.shape[1]:
+            logits = (d.W_dec.float().cpu() * gamma) @ W_U.T  # [L_h, V]
+            top_v, top_i = logits.topk(n, dim=1)
+            bot_v, bot_i = logits.topk(n, dim=1, largest=False)
+            rows[h.offset] = (h.n_latents, top_v, top_i, bot_v, bot_i)
+    if not rows:
+        return None
+
+    def lens(lat: int, vocab_str) -> LogitLens | None:
+        for off, (nl, tv, ti, bv, bi) in rows.items():
+            if off <= lat < off + nl:
+                r = lat - off
+                mk = lambda ids, vals: [Scored(vocab_str[int(i)], int(i), round(float(v), 4), 0.0) for i, v in zip(ids, vals)]
+                return LogitLens(top=mk(ti[r], tv[r]), bottom=mk(bi[r], bv[r]))
+        return None
+
+    return lens

@@ -1,0 +1,200 @@
+r"""Harvest: one pass over a dataset, every statistic of every latent.
+
+    python -m engine.harvest [MODEL] [DICTIONARY ...] --hookpoints H [H ...] \
+        --dataset FILE_OR_HUB --n-tokens N --batch-size B --context-length S --out RUN
+
+With no arguments it harvests the embedded default (a 4-layer Llama trained on
+Python standard-library source and a TopK SAE on its block-2 residual stream).
+
+Inside your own loop, use `engine.harvest.harvester.Harvester` (no model needed).
+
+Checkpoints (`--checkpoint-every`) are written atomically into RUN/harvest/checkpoint;
+`--resume` continues from the last one and gives the same result as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from engine.core.cli import parse_config
+from engine.core.errors import UserError
+from engine.core.latents import parse_latents
+from engine.core.rundir import RunDir, replacing
+from engine.harvest.config import HarvestArgs
+from engine.harvest.data import TokenStore, batches, iter_texts, pack
+from engine.harvest.defaults import DEFAULT_SAE, VERSION
+from engine.harvest.dictionaries import load_dictionary
+from engine.harvest.dictionaries.spd import is_spd_run, load_spd_modules
+from engine.harvest.distributed import init_from_env, merge_across_ranks
+from engine.harvest.harvester import Harvester
+from engine.harvest.model import load_model, pick_device
+from engine.harvest.results import build_results, run_config
+from engine.harvest.sources import HookedModel
+from engine.harvest.state import HarvestState, StateConfig
+
+
+def parse_args(argv) -> HarvestArgs:
+    _, a = parse_config(HarvestArgs, argv, prog="python -m engine.harvest", doc=__doc__)
+    return a
+
+
+def main(argv: list[str] | None = None) -> Path:
+    a = parse_args(argv)
+    device = pick_device(a.device)
+    rank, world_size = init_from_env(device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    dict_paths = a.dictionaries or [DEFAULT_SAE]
+    if len(dict_paths) == 1 and is_spd_run(dict_paths[0]):  # one SPD run: every (or each named) module, one read
+        dicts = load_spd_modules(dict_paths[0], a.hookpoints, a.spd_ci_threshold)
+    else:
+        dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None),
+                                 ci_threshold=a.spd_ci_threshold) for i, p in enumerate(dict_paths)]
+    hookpoints = a.hookpoints or [d.hookpoint for d in dicts]
+    latent_ids, latent_scores = parse_latents(a.latents or (f"0-{a.max_latents - 1}" if a.max_latents > 0 else ""))
+    if latent_ids:
+        dicts[0].subset(latent_ids)
+    if len(hookpoints) != len(dicts) or any(h is None for h in hookpoints):
+        raise UserError(f"{len(dicts)} dictionaries but hookpoints {hookpoints} -- give one --hookpoints entry per dictionary")
+    model, tokenizer = load_model(a.model, device, a.dtype)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and a.context_length > max_pos:
+        raise UserError(f"--context-length {a.context_length} exceeds the model's max_position_embeddings={max_pos} -- lower it")
+
+    hooked = HookedModel(model, hookpoints, read_input=[d.transcoder for d in dicts])
+    probe, _ = hooked.run(torch.zeros(1, 2, dtype=torch.int64, device=device), need_logits=False)
+    for name, d in zip(hookpoints, dicts):
+        d.to(device)
+        if probe[name].shape[-1] != d.d_in:
+            raise UserError(f"hookpoint {name} has width {probe[name].shape[-1]} but dictionary {d.path} expects d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
+    S = a.context_length
+    n_seq = a.n_batches * a.batch_size if a.n_batches else math.ceil(a.n_tokens / S)
+    vocab = max(len(tokenizer), model.config.vocab_size)
+    n_latents = sum(d.n_latents for d in dicts)
+    split = a.latent_parallel and world_size > 1
+    if split and world_size > n_latents:
+        raise UserError(f"--latent-parallel over {world_size} ranks needs at least as many latents (have {n_latents}) -- use fewer processes")
+    cfg = StateConfig(
+        n_latents=n_latents, vocab_size=vocab, seq_len=S, top_k=a.top_k,
+        n_random=a.n_random, window=a.window, output_stats=a.output_stats, seed=a.seed,
+        pair_budget_bytes=a.pair_budget_mb << 20,
+        row_lo=rank * n_latents // world_size if split else 0, row_hi=(rank + 1) * n_latents // world_size if split else 0,
+    )
+    run = RunDir(a.out)
+    out = run.harvest
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = run.checkpoint(None if world_size == 1 else rank)
+    harvester = Harvester(dicts, cfg, hookpoints, device)
+    done_seqs = 0
+    if a.resume and (ckpt / "state.json").exists():
+        harvester.state, meta = HarvestState.load(ckpt, device, expect=cfg)
+        if meta.get("dataset") != a.dataset or meta.get("model") != a.model:
+            raise UserError(f"checkpoint {ckpt} is from another model/dataset -- use the same MODEL and --dataset, or a new --out")
+        done_seqs = meta["sequences_done"]
+    if rank == 0:
+        store = TokenStore(run.tokens, n_seq, S, mode="w+")
+    if world_size > 1:  # rank 0 creates the shared store; the others open it after
+        torch.distributed.barrier()
+        if rank != 0:
+            store = TokenStore(run.tokens, n_seq, S, mode="r+")
+
+    texts = iter_texts(a.dataset, a.dataset_column, a.dataset_split)
+    texts = itertools.chain([next(texts)], texts)  # the first record is validated before any work starts
+    bos = tokenizer.bos_token_id
+    bar = tqdm(total=n_seq * S, initial=done_seqs * S, unit="tok", unit_scale=True, desc="harvest", disable=rank != 0)
+    t0, n_batch = time.time(), 0
+    meta = lambda: {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model}
+    try:
+        for first, ids in batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs):
+            if not split and (first // a.batch_size) % world_size != rank:  # data-parallel: batch i -> rank i % world
+                done_seqs = first + len(ids)
+                bar.update(len(ids) * S)
+                continue
+            ids = ids.to(device)
+            acts, logits = hooked.run(ids, need_logits=a.output_stats)
+            valid = ids != bos if (a.filter_bos and bos is not None) else None
+            seq_ids = torch.arange(first, first + len(ids), device=device)
+            harvester.update(acts, ids, seq_ids=seq_ids, valid=valid, logits=logits)
+            if rank == 0 or not split:  # latent-parallel ranks all read the same batches
+                store.write(first, ids)
+            done_seqs = first + len(ids)
+            n_batch += 1
+            bar.update(len(ids) * S)
+            if a.checkpoint_every and n_batch % a.checkpoint_every == 0:
+                store.flush()
+                harvester.state.save(ckpt, meta())
+    except (UserError, KeyboardInterrupt):
+        bar.close()
+        if n_batch:  # keep the work done so far; --resume continues from here
+            store.flush()
+            harvester.state.save(ckpt, meta())
+        raise
+    bar.close()
+    if done_seqs == 0:
+        raise UserError(f"dataset {a.dataset} produced no full sequence of {S} tokens -- use more text or a shorter --context-length")
+    store.flush()
+    harvester.state.save(ckpt, meta())
+    hooked.close()
+    if split:
+        return _finish_latent_parallel(a, harvester.state, model, dicts, hooked, tokenizer, store, run, done_seqs,
+                                       latent_scores, t0)
+    state = merge_across_ranks(harvester.state)
+    if rank == 0:
+        rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+        if latent_scores:
+            rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
+        build_results(state, rc, dicts, tokenizer, store, model, run)
+        print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents, {world_size} process(es) in {time.time() - t0:.1f}s -> {out}")
+    return out
+
+
+def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokenizer, store, run: RunDir,
+                            done_seqs: int, latent_scores, t0: float) -> Path:
+    """Each rank writes the components of its latent range; rank 0 writes the stats and joins the parts."""
+    import torch.distributed as dist
+
+    from engine.harvest.distributed import world
+    from engine.harvest.results import STATS, write_components, write_summary
+
+    rank, world_size = world()
+    cfg = state.cfg
+    lo, hi = cfg.rows
+    full = {}  # per-latent tensors of every rank, assembled by a sum of zero-padded rows
+    for name in ("count", "act_sum", "act_max", "hist"):
+        t = getattr(state, name)
+        whole = torch.zeros((cfg.n_latents, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        whole[lo:hi] = t
+        dist.all_reduce(whole, op=dist.ReduceOp.SUM)  # rows are disjoint: the sum places them
+        full[name] = whole.cpu()
+    full["tok_total"] = state.tok_total.cpu()  # every rank saw every token
+    rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+    rc.extra["latent_parallel"] = world_size
+    if latent_scores:
+        rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
+    out = run.harvest
+    part = run.components_part(rank)
+    write_components(state, rc, dicts, tokenizer, store, model, part, full["count"], progress=rank == 0)
+    dist.barrier()
+    if rank == 0:
+        write_summary(rc, {k: full[k] for k in STATS}, run)
+        with replacing(run.components) as tmp, open(tmp, "wb") as f:  # ranks own ordered ranges: the parts
+            for r in range(world_size):                                 # concatenate in latent order
+                with open(run.components_part(r), "rb") as p:
+                    shutil.copyfileobj(p, f)
+        for r in range(world_size):
+            run.components_part(r).unlink()
+        print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents over {world_size} latent-parallel "
+              f"processes in {time.time() - t0:.1f}s -> {out}")
+    dist.barrier()
+    return out
+
