@@ -9,7 +9,9 @@ Two paths, chosen by the caller's cost model:
   on and above the diagonal and store each off-diagonal tile twice (transposed),
   so every element of C has exactly one writer (no atomics) and half the FLOPs.
 * pairs: every ordered pair (a, b), a != b, of latents firing on the same token:
-  sum over tokens of k_t (k_t - 1) pairs, for a sparse table to count.
+  sum over tokens of k_t (k_t - 1) pairs, for a sparse table to count. `cooc_pairs`
+  returns exactly those (its size depends on the data); `cooc_pairs_bounded` returns
+  them in M * P fixed slots (P >= the largest k_t), the form the harvest state traces.
   (Firings are unique per (tok, lat), as `encode_pack` produces them.)
 """
 
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from kernels.dispatch import check, interpreting, tl, triton, use_triton
 from kernels.matmul_tile import matmul_tile
+from kernels.sorting import stable_argsort
 
 EXACT_ROWS = 1 << 24  # fp32 holds every integer below 2^24 exactly
 
@@ -129,9 +132,8 @@ def cooc_dense_update_torch(C, tok, lat, n_tok) -> None:
     L = C.shape[0]
     if n_tok == 0 or L == 0:
         return
-    ok = lat >= 0
     F = torch.zeros(n_tok, L, dtype=torch.float32, device=C.device)  # [T, L]
-    F[tok[ok], lat[ok]] = 1.0
+    F.index_put_((tok.clamp(0, max(n_tok - 1, 0)), lat.clamp(min=0)), (lat >= 0).float(), accumulate=True)  # fixed shape
     for t0 in range(0, n_tok, EXACT_ROWS):
         Fc = F[t0:t0 + EXACT_ROWS]
         C += (Fc.T @ Fc).to(torch.int64)
@@ -162,6 +164,41 @@ def cooc_pairs_torch(tok, lat) -> tuple[Tensor, Tensor]:
     me = torch.arange(M, device=lv.device) - start  # [M'] position of each entry in its group
     b_idx = start[a_idx] + j + (j >= me[a_idx]).long()  # skip the self pair
     return a, lv[b_idx]
+
+
+def cooc_pairs_bounded(tok, lat, per_token: int, *, include_self: bool = False) -> tuple[Tensor, Tensor]:
+    """Every ordered pair (a, b), a != b (a == b too with include_self: the diagonal counts firings), of
+    latents firing on the same token, in fixed shapes: [M * P] slots (P = per_token, at least the most
+    firings any token has), -1 where a slot holds no pair. Firings in any order, lat < 0 padding.
+    The traceable form of `cooc_pairs` for the harvest state."""
+    check(tok.ndim == 1 and tok.shape == lat.shape, f"cooc_pairs_bounded: tok {tuple(tok.shape)} and lat {tuple(lat.shape)} must both be [M]")
+    check(per_token >= 1, f"cooc_pairs_bounded: per_token must be >= 1, got {per_token}")
+    M, P = tok.numel(), per_token
+    if M == 0:
+        return tok.new_empty(0), lat.new_empty(0)
+    key = torch.where(lat >= 0, tok, torch.iinfo(torch.int64).max)  # padding sorts last
+    order = stable_argsort(key)
+    key, ls = key[order], lat[order]
+    start = torch.searchsorted(key, key)  # [M] first entry of each entry's token
+    end = torch.searchsorted(key, key, right=True)
+    j = start[:, None] + torch.arange(P, device=tok.device)  # [M, P] partner candidates
+    me = torch.arange(M, device=tok.device)[:, None]
+    has = (j < end[:, None]) & ((j != me) | include_self) & (ls >= 0)[:, None]
+    a = torch.where(has, ls[:, None].expand(M, P), -1)
+    b = torch.where(has, ls[j.clamp(max=M - 1)], -1)
+    return a.reshape(-1), b.reshape(-1)
+
+
+def cooc_pairs_rows(lat: Tensor, *, include_self: bool = False) -> tuple[Tensor, Tensor]:
+    """`cooc_pairs_bounded` for firings already laid out per token: lat [N, P] (-1 padding) -> every
+    (a, b) of one row, [N * P * P] slots, -1 where none. No sort: the rows are the groups."""
+    check(lat.ndim == 2 and lat.dtype == torch.int64, f"cooc_pairs_rows: lat must be [N, P] int64, got {tuple(lat.shape)} {lat.dtype}")
+    N, P = lat.shape
+    a, b = lat[:, :, None].expand(N, P, P), lat[:, None, :].expand(N, P, P)
+    has = (a >= 0) & (b >= 0)
+    if not include_self:
+        has = has & ~torch.eye(P, dtype=torch.bool, device=lat.device)
+    return torch.where(has, a, -1).reshape(-1), torch.where(has, b, -1).reshape(-1)
 
 
 def cooc_dense_update(C, tok, lat, n_tok) -> None:

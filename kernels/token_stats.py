@@ -79,11 +79,12 @@ def pair_count_update_triton(table, rows, cols, weights=None) -> None:
 
 
 def pair_count_update_torch(table, rows, cols, weights=None) -> None:
-    """Reference `pair_count_update`: index_put_ with accumulate (duplicates add up)."""
+    """Reference `pair_count_update`: index_put_ with accumulate (duplicates add up), in fixed shapes
+    (ignored rows add 0 to row 0; no mask indexing, no host sync)."""
     weights = _check_args(table, rows, cols, weights)
     ok = rows >= 0
-    w = weights[ok] if weights is not None else torch.ones(1, dtype=table.dtype, device=table.device).expand(int(ok.sum()))
-    table.index_put_((rows[ok], cols[ok]), w, accumulate=True)
+    w = ok.to(table.dtype) if weights is None else torch.where(ok, weights, 0)
+    table.index_put_((rows.clamp(min=0), torch.where(ok, cols, 0)), w, accumulate=True)
 
 
 def pair_count_update(table, rows, cols, weights=None) -> None:

@@ -7,8 +7,9 @@ Row l becomes the K best (largest, or smallest with largest=False) of its old
 entries and the candidates with lat == l. Order: better value first, then
 smaller loc, then old before new; empty slots hold -inf (+inf) with loc -1 and
 sort after every real entry. Returns src [L, K] int64: the candidate index now
-in each slot, or -1 (old entry or empty), so the caller can move payloads
-(activation windows) with one gather.
+in each slot, or -1 (old entry or empty); `moved_old(src)` gives the old slot of
+each kept old entry, so the caller moves payloads (activation windows) with two
+gathers. Both paths run in fixed shapes and never wait for the host.
 
 Used for the top-K max-activating examples (val = activation) and the bottom-K
 reservoir (val = i.i.d. uniform key, largest=False).
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from kernels.dispatch import check, tl, triton, use_triton
+from kernels.sorting import stable_argsort
 
 INT64_MAX = torch.iinfo(torch.int64).max
 
@@ -107,10 +109,10 @@ def _check_args(buf_val, buf_loc, lat, val, loc) -> None:
 
 def _sort_candidates(lat: Tensor, val: Tensor, loc: Tensor, largest: bool) -> tuple[Tensor, Tensor]:
     """Candidate order by (lat, better val, loc, index) with lat < 0 last; returns (order, sorted lat key)."""
-    order = torch.argsort(loc, stable=True)
-    order = order[torch.argsort(val[order], descending=largest, stable=True)]
+    order = stable_argsort(loc)
+    order = order[stable_argsort(val[order], descending=largest)]
     lat_key = torch.where(lat < 0, INT64_MAX, lat)
-    order = order[torch.argsort(lat_key[order], stable=True)]
+    order = order[stable_argsort(lat_key[order])]
     return order, lat_key[order]
 
 
@@ -141,38 +143,42 @@ def topk_merge_triton(buf_val, buf_loc, lat, val, loc, *, largest=True) -> Tenso
 
 
 def topk_merge_torch(buf_val, buf_loc, lat, val, loc, *, largest=True) -> Tensor:
-    """Reference `topk_merge`: touched rows only, sorts throughout (syncs to find the rows)."""
+    """Reference `topk_merge`, in fixed shapes (no host sync, traceable): every row merges its K old
+    entries with its K best candidates, found by the same sort and segment search as the Triton path."""
     _check_args(buf_val, buf_loc, lat, val, loc)
     L, K = buf_val.shape
-    dev = buf_val.device
-    src = torch.full((L, K), -1, dtype=torch.int64, device=dev)
-    ok = (lat >= 0).nonzero().squeeze(1)  # [M'] candidate indices, ascending
-    if ok.numel() == 0 or K == 0:
+    M = lat.numel()
+    src = torch.full((L, K), -1, dtype=torch.int64, device=buf_val.device)
+    if L == 0 or K == 0 or M == 0:
         return src
-    c_lat, c_val, c_loc = lat[ok], val[ok].float(), loc[ok]
-    order, s_lat = _sort_candidates(c_lat, c_val, c_loc, largest)
-    rows, counts = torch.unique_consecutive(s_lat, return_counts=True)  # [U], [U]
-    U = rows.numel()
-    group = torch.repeat_interleave(torch.arange(U, device=dev), counts)  # [M']
-    rank = torch.arange(order.numel(), device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    keep = rank < K
-    g, r, sel = group[keep], rank[keep], order[keep]
+    val = val.float()
+    order, lat_sorted = _sort_candidates(lat, val, loc, largest)
+    rows = torch.arange(L, dtype=torch.int64, device=lat.device)
+    seg_lo = torch.searchsorted(lat_sorted, rows)  # [L]
+    seg_hi = torch.searchsorted(lat_sorted, rows, right=True)
+    pos = seg_lo[:, None] + torch.arange(K, device=lat.device)  # [L, K] the row's k-th best candidate
+    has = pos < seg_hi[:, None]
+    cand = torch.where(has, order[pos.clamp(max=M - 1)], -1)  # [L, K] candidate index or -1
     empty = -math.inf if largest else math.inf
-    new_val = torch.full((U, K), empty, dtype=torch.float32, device=dev)
-    new_loc = torch.full((U, K), -1, dtype=torch.int64, device=dev)
-    new_src = torch.full((U, K), -1, dtype=torch.int64, device=dev)
-    new_val[g, r], new_loc[g, r], new_src[g, r] = c_val[sel], c_loc[sel], ok[sel]
-
-    both_val = torch.cat([buf_val[rows], new_val], dim=1)  # [U, 2K], old entries first
-    both_loc = torch.cat([buf_loc[rows], new_loc], dim=1)
-    both_src = torch.cat([torch.full_like(new_src, -1), new_src], dim=1)
+    new_val = torch.where(has, val[cand.clamp(min=0)], empty)
+    new_loc = torch.where(has, loc[cand.clamp(min=0)], -1)
+    both_val = torch.cat([buf_val, new_val], dim=1)  # [L, 2K], old entries first
+    both_loc = torch.cat([buf_loc, new_loc], dim=1)
+    both_src = torch.cat([torch.full_like(cand, -1), cand], dim=1)
     loc_key = torch.where(both_loc < 0, INT64_MAX, both_loc)  # empty slots lose every tie
-    o = torch.argsort(loc_key, dim=1, stable=True)  # stable: old before new on equal loc
-    o = o.gather(1, torch.argsort(both_val.gather(1, o), dim=1, descending=largest, stable=True))[:, :K]
-    buf_val[rows] = both_val.gather(1, o)
-    buf_loc[rows] = both_loc.gather(1, o)
-    src[rows] = both_src.gather(1, o)
-    return src
+    o = stable_argsort(loc_key, dim=1)  # stable: old before new on equal loc
+    o = o.gather(1, stable_argsort(both_val.gather(1, o), dim=1, descending=largest))[:, :K]
+    buf_val.copy_(both_val.gather(1, o))
+    buf_loc.copy_(both_loc.gather(1, o))
+    return both_src.gather(1, o)
+
+
+def moved_old(src: Tensor) -> Tensor:
+    """[L, K] old slot of each entry that `topk_merge` kept from the old buffer (garbage where src >= 0).
+
+    Old entries keep their order (the buffers are sorted by the merge's own key), so the i-th slot
+    holding an old entry holds old slot i: payloads (windows) move with one gather."""
+    return ((src < 0).cumsum(dim=1) - 1).clamp(min=0)
 
 
 def topk_merge(buf_val, buf_loc, lat, val, loc, *, largest=True) -> Tensor:

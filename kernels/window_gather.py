@@ -88,9 +88,24 @@ def gather_windows_triton(keys, vals, n_latents, q_tok, q_lat, *, window, seq_le
 # ----------------------------------------------------------------------------- torch reference
 
 
-def gather_windows_torch(keys, vals, n_latents, q_tok, q_lat, *, window, seq_len) -> Tensor:
-    """Reference `gather_windows`: one vectorised searchsorted over all outputs."""
+DENSE_TABLE_ELEMS = 1 << 24
+"The torch path builds a [n_latents, sequences, S + 2W] table when it has at most this many entries (64 MiB)."
+
+
+def gather_windows_torch(keys, vals, n_latents, q_tok, q_lat, *, window, seq_len, n_tok=None) -> Tensor:
+    """Reference `gather_windows`: one vectorised searchsorted over all outputs; or, given n_tok (the
+    batch's token count, a multiple of seq_len) and a small enough batch, a dense per-sequence table
+    of the firings read through an unfold view (the same values, no search)."""
     _check_args(keys, vals, q_tok, q_lat, window, seq_len)
+    W2 = 2 * window + 1
+    if n_tok is not None and n_tok % seq_len == 0 and n_latents * (n_tok + 2 * window * n_tok // seq_len) <= DENSE_TABLE_ELEMS:
+        n_seq = n_tok // seq_len
+        table = torch.zeros(n_latents, n_seq, seq_len + 2 * window, dtype=torch.float32, device=q_tok.device)
+        real = keys < n_latents * n_tok  # padding keys (int64 max) sort last
+        tok, lat = torch.where(real, keys // n_latents, 0), torch.where(real, keys % n_latents, 0)
+        table.index_put_((lat, tok // seq_len, tok % seq_len + window), torch.where(real, vals.float(), 0.0),
+                         accumulate=True)
+        return table.unfold(2, W2, 1)[q_lat, q_tok // seq_len, q_tok % seq_len]  # [Q, W2]
     offs = torch.arange(-window, window + 1, device=q_tok.device)  # [W2]
     t = q_tok[:, None] + offs  # [Q, W2]
     same = (t >= 0) & (torch.div(t, seq_len, rounding_mode="floor") == (q_tok // seq_len)[:, None])
@@ -102,7 +117,9 @@ def gather_windows_torch(keys, vals, n_latents, q_tok, q_lat, *, window, seq_len
     return torch.where(hit, vals[pos].float(), 0.0)
 
 
-def gather_windows(keys, vals, n_latents, q_tok, q_lat, *, window, seq_len) -> Tensor:
-    """[Q, 2*window+1] float32 activations around each query (see module docstring)."""
-    impl = gather_windows_triton if use_triton(q_tok) else gather_windows_torch
-    return impl(keys, vals, n_latents, q_tok, q_lat, window=window, seq_len=seq_len)
+def gather_windows(keys, vals, n_latents, q_tok, q_lat, *, window, seq_len, n_tok=None) -> Tensor:
+    """[Q, 2*window+1] float32 activations around each query (see module docstring); n_tok (the batch's
+    tokens) lets the torch path use a dense table for small batches."""
+    if use_triton(q_tok):
+        return gather_windows_triton(keys, vals, n_latents, q_tok, q_lat, window=window, seq_len=seq_len)
+    return gather_windows_torch(keys, vals, n_latents, q_tok, q_lat, window=window, seq_len=seq_len, n_tok=n_tok)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from engine.core.errors import UserError
 from engine.harvest.dictionaries import Dictionary
-from engine.harvest.firings import Firings
+from engine.harvest.firings import Firings, concat
 from engine.harvest.state import HarvestState, StateConfig
 
 
@@ -33,7 +33,7 @@ class Harvester:
         self._next_seq = 0
 
     def encode(self, acts: dict[str, Tensor] | Tensor) -> Firings:
-        """{hookpoint: [B, S, d]} -> firings over the global latent axis, sorted by (tok, lat)."""
+        """{hookpoint: [B, S, d]} -> the batch's firings over the global latent axis, in fixed slots."""
         if isinstance(acts, Tensor):
             acts = {self.hookpoints[0]: acts}
         parts = []
@@ -42,13 +42,8 @@ class Harvester:
             if x.shape[-1] != d.d_in:
                 raise UserError(f"hookpoint {name} has width {x.shape[-1]} but dictionary {d.path} expects d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
             f = d.encode(x.reshape(-1, x.shape[-1]).to(self.device))
-            parts.append(Firings(f.tok, f.lat + off, f.val))
-        if len(parts) == 1:
-            return parts[0]
-        tok = torch.cat([p.tok for p in parts])
-        lat = torch.cat([p.lat for p in parts])
-        order = torch.argsort(tok * self.state.cfg.n_latents + lat)
-        return Firings(tok[order], lat[order], torch.cat([p.val for p in parts])[order])
+            parts.append(Firings(f.tok, torch.where(f.lat >= 0, f.lat + off, -1), f.val, f.per_token, f.overflow))
+        return concat(parts)
 
     def update(self, acts, tokens: Tensor, *, seq_ids: Tensor | None = None, valid: Tensor | None = None, logits: Tensor | None = None) -> None:
         """acts {hookpoint: [B, S, d]} (or one tensor), tokens [B, S]; logits [B, S, V] enable output stats."""

@@ -15,14 +15,19 @@ Two representations behind one interface, chosen once by a cost model:
   rows * slots * 16 bytes whatever the vocabulary (128k tokens x 131k latents
   with 64 slots: 134 MB instead of 137 GB dense).
 
-Both update from flat triples (rows [M], cols [M], weights [M]) on the device
-with no host synchronisation in the dense path.
+Both update from flat triples (rows [M], cols [M], weights [M]; rows < 0 are
+padding) on the device, in shapes fixed by M and the table size, with no host
+synchronisation: the dense table through `kernels.token_stats.pair_count_update`,
+the sketch by one sort of its R * slots entries and the M triples.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from kernels.sorting import stable_argsort
+from kernels.token_stats import pair_count_update
 
 
 def choose_mode(rows: int, cols: int, budget_bytes: int) -> str:
@@ -46,17 +51,14 @@ class PairCounter:
     # ------------------------------------------------------------------ update / merge
 
     def add(self, rows: Tensor, cols: Tensor, weights: Tensor | None = None) -> None:
-        """Add weight (default 1) to each (rows[i], cols[i]); rows < 0 are ignored."""
+        """Add weight (default 1) to each (rows[i], cols[i]); rows < 0 are ignored. Fixed shapes, no host sync."""
         if weights is None:
             weights = torch.ones(rows.shape, dtype=self.dtype, device=rows.device)
-        weights = weights.to(self.dtype)
+        weights = torch.where(rows >= 0, weights.to(self.dtype), 0)
         if self.mode == "dense":
-            keep = rows >= 0
-            flat = torch.where(keep, rows * self.cols + cols, 0)  # int64 index into [R*V]
-            self.table.view(-1).index_add_(0, flat, torch.where(keep, weights, 0))
+            pair_count_update(self.table, rows, cols.clamp(0, self.cols - 1), weights)
             return
-        keep = rows >= 0
-        self._absorb(rows[keep], cols[keep], weights[keep])
+        self._absorb(rows, cols, weights)
 
     def merge(self, other: PairCounter) -> None:
         if (other.rows, other.cols, other.mode) != (self.rows, self.cols, self.mode):
@@ -64,45 +66,53 @@ class PairCounter:
         if self.mode == "dense":
             self.table += other.table
             return
-        r, s = torch.nonzero(other.keys >= 0, as_tuple=True)
+        rows = torch.arange(self.rows, device=self.keys.device)[:, None].expand_as(other.keys)
         self.err += other.err
-        self._absorb(r, other.keys[r, s], other.weights[r, s])
+        self._absorb(torch.where(other.keys >= 0, rows, -1).reshape(-1), other.keys.reshape(-1),
+                     other.weights.reshape(-1))
 
     def _absorb(self, rows: Tensor, cols: Tensor, weights: Tensor) -> None:
-        """Merge triples into the touched rows of the sketch (Misra-Gries merge)."""
-        if rows.numel() == 0:
-            return
-        C = self.slots
-        touched = torch.unique(rows)  # [U]
-        # Existing entries of the touched rows join the new triples.
-        old_r = touched.repeat_interleave(C)  # [U*C]
-        old_c = self.keys[touched].reshape(-1)
-        old_w = self.weights[touched].reshape(-1)
-        live = old_c >= 0
-        r = torch.cat([rows, old_r[live]])
-        c = torch.cat([cols, old_c[live]])
-        w = torch.cat([weights, old_w[live]])
-        # Sum duplicates: key = row * cols + col.
-        key, inv = torch.unique(r * self.cols + c, return_inverse=True)
-        wsum = torch.zeros(len(key), dtype=self.dtype, device=w.device).index_add_(0, inv, w)
-        r, c = key // self.cols, key % self.cols
-        # Rank within row by weight (desc), ties by column (asc): stable sorts.
-        order = torch.argsort(wsum, descending=True, stable=True)
-        order = order[torch.argsort(r[order], stable=True)]
-        r, c, wsum = r[order], c[order], wsum[order]
-        starts = torch.searchsorted(r, r, side="left")
-        rank = torch.arange(len(r), device=r.device) - starts
-        # Threshold: (C+1)-th largest weight of rows that overflow.
-        thresh = torch.zeros(self.rows, dtype=self.dtype, device=w.device)
-        over = rank == C
-        thresh[r[over]] = wsum[over]
-        self.err += thresh
-        kept_w = wsum - thresh[r]
-        keep = (rank < C) & (kept_w > 0)
-        self.keys[touched] = -1
-        self.weights[touched] = 0
-        self.keys[r[keep], rank[keep]] = c[keep]
-        self.weights[r[keep], rank[keep]] = kept_w[keep]
+        """Misra-Gries merge of triples (rows < 0: padding) into every row of the sketch, in fixed shapes:
+        the R * slots kept entries and the M new triples are summed per (row, column), ranked per row
+        by weight (ties by column), and each row keeps its top `slots` minus its (slots+1)-th weight."""
+        R, S, V = self.rows, self.slots, self.cols
+        dev = self.keys.device
+        old_r = torch.arange(R, device=dev)[:, None].expand(R, S).reshape(-1)
+        live = self.keys.reshape(-1) >= 0
+        r = torch.cat([rows, torch.where(live, old_r, -1)])  # [M + R*S]
+        c = torch.cat([cols, self.keys.reshape(-1).clamp(min=0)])
+        w = torch.cat([weights.to(self.dtype), self.weights.reshape(-1)])
+        n = r.numel()
+        # sum duplicates: sort by key = row * V + col (padding last), one segment per distinct key
+        key = torch.where(r >= 0, r * V + c, torch.iinfo(torch.int64).max)
+        order = stable_argsort(key)
+        key = key[order]
+        first = torch.ones(n, dtype=torch.bool, device=dev)
+        first[1:] = key[1:] != key[:-1]
+        seg = first.cumsum(0) - 1  # [n] segment of each entry
+        wsum = torch.zeros(n, dtype=self.dtype, device=dev).index_add_(0, seg, w[order])
+        skey = torch.full((n,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev).scatter_(0, seg, key)
+        valid = skey != torch.iinfo(torch.int64).max
+        sr = torch.where(valid, skey // V, R)  # [n] row of each segment (R: unused segment)
+        sc = torch.where(valid, skey % V, 0)
+        # rank within row by weight (desc), ties by column (asc): the keys are column-ordered already
+        o = stable_argsort(wsum, descending=True)
+        o = o[stable_argsort(sr[o])]
+        sr, sc, wsum = sr[o], sc[o], wsum[o]
+        rank = torch.arange(n, device=dev) - torch.searchsorted(sr, sr)
+        # threshold: the (S+1)-th largest weight of rows that overflow
+        thresh = torch.zeros(R + 1, dtype=self.dtype, device=dev)
+        thresh.scatter_(0, torch.where(rank == S, sr, R), torch.where(rank == S, wsum, 0))
+        self.err += thresh[:R]
+        kept = wsum - thresh[sr]
+        keep = (sr < R) & (rank < S) & (kept > 0)
+        keys = torch.full((R + 1, S + 1), -1, dtype=torch.int64, device=dev)
+        wts = torch.zeros(R + 1, S + 1, dtype=self.dtype, device=dev)
+        at_r, at_s = torch.where(keep, sr, R), torch.where(keep, rank, S)
+        keys[at_r, at_s] = torch.where(keep, sc, -1)
+        wts[at_r, at_s] = torch.where(keep, kept, 0)
+        self.keys.copy_(keys[:R, :S])
+        self.weights.copy_(wts[:R, :S])
 
     # ------------------------------------------------------------------ read
 

@@ -43,9 +43,16 @@ from engine.core.errors import UserError
 from engine.core.rundir import replacing, write_atomic
 from engine.harvest.firings import Firings, reservoir_keys
 from engine.harvest.pair_counts import PairCounter, choose_mode
+from kernels.cooccurrence import cooc_dense_update, cooc_pairs_bounded, cooc_pairs_rows
+from kernels.sorting import stable_argsort
+from kernels.topk_merge import moved_old, topk_merge
+from kernels.window_gather import gather_windows
 
 SCATTER_COST = 64
 "FLOP-equivalents of one scattered pair update, for the co-occurrence cost model."
+STEPS = ("counts", "top_k", "reservoir", "input_tokens", "output_tokens", "cooc")
+"The statistics of one update, in order (`update(steps=...)` runs a subset: the bench's breakdown)."
+INT64_MAX = torch.iinfo(torch.int64).max
 
 
 @dataclass(frozen=True)
@@ -95,58 +102,6 @@ class StateConfig:
         return [10 ** (self.hist_lo + i * step) for i in range(self.n_bins + 1)]
 
 
-def merge_rows(buf_val: Tensor, buf_loc: Tensor, lat: Tensor, val: Tensor, loc: Tensor, largest: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge candidates into per-row best-K buffers (in place).
-
-    Rows stay sorted best first; ties order by loc ascending; empty slots hold
-    -inf/+inf and loc -1. Returns, for the U touched rows:
-      rows [U]    the row indices,
-      prov [U, K] prov < K: the entry came from that old slot; prov >= K: from a candidate,
-      cand [U, K] the candidate's index into lat/val/loc, or -1.
-    """
-    L, K = buf_val.shape
-    rows, inv = torch.unique(lat, return_inverse=True)  # [U], [M]
-    U = len(rows)
-    # Rank candidates inside their row (best first, ties by loc) and keep the top K.
-    order = torch.argsort(loc, stable=True)
-    order = order[torch.argsort(val[order], descending=largest, stable=True)]
-    order = order[torch.argsort(inv[order], stable=True)]
-    starts = torch.searchsorted(inv[order], inv[order], side="left")
-    rank = torch.arange(len(order), device=lat.device) - starts
-    keep = rank < K
-    sel, srank = order[keep], rank[keep]
-    empty = -math.inf if largest else math.inf
-    cand_val = torch.full((U, K), empty, dtype=buf_val.dtype, device=buf_val.device)
-    cand_loc = torch.full((U, K), -1, dtype=torch.int64, device=buf_val.device)
-    cand_idx = torch.full((U, K), -1, dtype=torch.int64, device=buf_val.device)
-    cand_val[inv[sel], srank] = val[sel]
-    cand_loc[inv[sel], srank] = loc[sel]
-    cand_idx[inv[sel], srank] = sel
-    both_val = torch.cat([buf_val[rows], cand_val], dim=1)  # [U, 2K]
-    both_loc = torch.cat([buf_loc[rows], cand_loc], dim=1)
-    # Empty slots (loc -1) must sort last whatever their value.
-    loc_key = torch.where(both_loc < 0, torch.iinfo(torch.int64).max, both_loc)
-    o = torch.argsort(loc_key, dim=1, stable=True)
-    o = o.gather(1, torch.argsort(both_val.gather(1, o), dim=1, descending=largest, stable=True))[:, :K]  # [U, K]
-    buf_val[rows] = both_val.gather(1, o)
-    buf_loc[rows] = both_loc.gather(1, o)
-    cand = torch.cat([torch.full_like(cand_idx, -1), cand_idx], dim=1).gather(1, o)  # [U, K] candidate index or -1
-    return rows, o, cand
-
-
-def gather_windows(keys: Tensor, vals: Tensor, n_latents: int, q_tok: Tensor, q_lat: Tensor, window: int, seq_len: int) -> Tensor:
-    """Activation of latent q_lat around token q_tok from sorted firing keys tok * L + lat."""
-    offs = torch.arange(-window, window + 1, device=q_tok.device)  # [2W+1]
-    t = q_tok[:, None] + offs  # [Q, 2W+1]
-    same_seq = (t >= 0) & (t // seq_len == (q_tok // seq_len)[:, None])
-    want = t.clamp(min=0) * n_latents + q_lat[:, None]
-    pos = torch.searchsorted(keys, want.reshape(-1)).reshape(want.shape).clamp(max=max(len(keys) - 1, 0))
-    if len(keys) == 0:
-        return torch.zeros(t.shape, dtype=torch.float32, device=q_tok.device)
-    hit = (keys[pos] == want) & same_seq
-    return torch.where(hit, vals[pos], 0.0).float()
-
-
 # ----------------------------------------------------------------------------- state
 
 
@@ -160,6 +115,7 @@ class HarvestState:
         L, V, K, R, W2 = hi - lo, cfg.vocab_size, cfg.top_k, cfg.n_random, 2 * cfg.window + 1
         z = dict(device=self.device)
         self.n_tokens = torch.zeros((), dtype=torch.int64, **z)
+        self.overflow = torch.zeros((), dtype=torch.int64, **z)
         self.count = torch.zeros(L, dtype=torch.int64, **z)
         self.act_sum = torch.zeros(L, dtype=torch.float64, **z)
         self.act_max = torch.zeros(L, dtype=torch.float32, **z)
@@ -175,7 +131,9 @@ class HarvestState:
         self.in_tok = PairCounter(L, V, mode=choose_mode(L, V, cfg.pair_budget_bytes), slots=cfg.token_slots, dtype=torch.float64, device=self.device)
         self.out_total = torch.zeros(V if cfg.output_stats else 0, dtype=torch.float64, **z)
         self.out_tok = PairCounter(L, V, mode=choose_mode(L, V, cfg.pair_budget_bytes), slots=cfg.token_slots, dtype=torch.float64, device=self.device) if cfg.output_stats else None
-        self.cooc = PairCounter(L, cfg.n_latents, mode=choose_mode(L, cfg.n_latents, cfg.pair_budget_bytes), slots=cfg.cooc_slots, dtype=torch.float64, device=self.device)
+        mode = choose_mode(L, cfg.n_latents, cfg.pair_budget_bytes)
+        self.cooc = PairCounter(L, cfg.n_latents, mode=mode, slots=cfg.cooc_slots,  # dense counts are integers
+                                dtype=torch.int64 if mode == "dense" else torch.float64, device=self.device)
 
     # ------------------------------------------------------------------ update
 
@@ -188,100 +146,118 @@ class HarvestState:
         valid: Tensor | None = None,
         next_top: tuple[Tensor, Tensor] | None = None,
         next_mass: Tensor | None = None,
+        steps: tuple[str, ...] = STEPS,
     ) -> None:
-        """Fold one batch in.
+        """Fold one batch in: fixed shapes throughout, no host synchronisation (no .item(), nonzero,
+        unique or boolean-mask indexing), so a GPU never stalls and the step traces whole.
 
         tokens   [B, S] int64 token ids
-        firings  sorted by (tok, lat), tok = b * S + s; padding entries have lat < 0
+        firings  C fixed slots (engine.harvest.firings); padding has lat < 0
         seq_ids  [B] int64 rows of the token store (global sequence index)
         valid    [B, S] bool positions that count (default all)
         next_top ([B*S, T] int64 ids, [B*S, T] float probs) top next-token predictions
         next_mass [V] float64 sum over valid positions of the next-token distribution
+        steps    the statistics to update (all by default; the bench times them one by one)
         """
         cfg = self.cfg
         B, S = tokens.shape
         if S != cfg.seq_len:
             raise ValueError(f"batch has sequence length {S}, state expects {cfg.seq_len}")
-        flat_tokens = tokens.reshape(-1)  # [B*S]
-        if valid is None:
-            valid = torch.ones_like(tokens, dtype=torch.bool)
-        flat_valid = valid.reshape(-1)
-        keep = (firings.lat >= 0) & flat_valid[firings.tok.clamp(min=0)] & (firings.val > 0)
-        all_tok, all_lat = firings.tok[keep], firings.lat[keep]  # every latent: co-occurrence columns
+        N, NL = B * S, cfg.n_latents
         lo, hi = cfg.rows
-        if (lo, hi) != (0, cfg.n_latents):  # latent-parallel: keep this state's rows, renumbered from 0
-            keep = keep & (firings.lat >= lo) & (firings.lat < hi)
-        tok, lat, val = firings.tok[keep], firings.lat[keep] - lo, firings.val[keep].float()  # [M]
-        L = hi - lo
+        flat_tokens = tokens.reshape(-1)  # [N]
+        flat_valid = torch.ones(N, dtype=torch.bool, device=tokens.device) if valid is None else valid.reshape(-1)
+        tok = firings.tok.clamp(0, max(N - 1, 0))  # [C]
+        fire = (firings.lat >= 0) & flat_valid[tok] & (firings.val > 0)  # every latent: co-occurrence columns
+        ok = fire & (firings.lat >= lo) & (firings.lat < hi)  # this state's rows
+        row = torch.where(ok, firings.lat - lo, -1)  # [C] row, -1 = not counted here
+        val = torch.where(ok, firings.val.float(), 0.0)
+        if firings.overflow is not None:
+            self.overflow += firings.overflow
+        if "counts" in steps:
+            self._counts(flat_tokens, flat_valid, row, val, next_mass)
+        loc = seq_ids[tok // S] * S + tok % S  # [C] global location
+        if "top_k" in steps or "reservoir" in steps:  # one sort of the batch's firings serves both
+            keys, kval = self._window_keys(tok, row, val)
+            if "top_k" in steps:
+                self._merge(self.top_val, self.top_loc, self.top_win, None, row, val, loc, val, tok, keys, kval, True, N)
+            if "reservoir" in steps:
+                rkey = reservoir_keys(loc, row + lo, NL, cfg.seed)  # global ids: the same sample however split
+                self._merge(self.res_key, self.res_loc, self.res_win, self.res_val, row, rkey, loc, val, tok, keys,
+                            kval, False, N)
+        if "input_tokens" in steps:
+            self.in_tok.add(row, flat_tokens[tok])
+        if "output_tokens" in steps and self.out_tok is not None and next_top is not None:
+            ids, probs = next_top  # [N, T]
+            T = ids.shape[1]
+            self.out_tok.add(row[:, None].expand(-1, T).reshape(-1), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
+        if "cooc" in steps:
+            self._cooc(tok, torch.where(fire, firings.lat, -1), N, firings.per_token, firings.rows)
 
+    def _counts(self, flat_tokens, flat_valid, row, val, next_mass) -> None:
+        cfg = self.cfg
         self.n_tokens += flat_valid.sum()
-        self.tok_total.index_add_(0, flat_tokens[flat_valid], torch.ones_like(flat_tokens[flat_valid]))
+        self.tok_total.index_add_(0, flat_tokens, flat_valid.long())
         if cfg.output_stats and next_mass is not None:
             self.out_total += next_mass.to(torch.float64)
-        if len(lat) == 0:
-            return
-
-        self.count.index_add_(0, lat, torch.ones_like(lat))
-        self.act_sum.index_add_(0, lat, val.double())
-        self.act_max.scatter_reduce_(0, lat, val, reduce="amax")
+        at, one = row.clamp(min=0), (row >= 0).long()  # padding adds 0 to row 0
+        self.count.index_add_(0, at, one)
+        self.act_sum.index_add_(0, at, val.double())
+        self.act_max.scatter_reduce_(0, at, val, reduce="amax")  # val is 0 on padding; act_max starts at 0
         scale = cfg.n_bins / (cfg.hist_hi - cfg.hist_lo)
-        bins = ((torch.log10(val) - cfg.hist_lo) * scale).floor().long().clamp(0, cfg.n_bins - 1)
-        self.hist.view(-1).index_add_(0, lat * cfg.n_bins + bins, torch.ones_like(lat))
+        bins = ((torch.log10(torch.where(row >= 0, val, 1.0)) - cfg.hist_lo) * scale).floor().long().clamp(0, cfg.n_bins - 1)
+        self.hist.view(-1).index_add_(0, at * cfg.n_bins + bins, one)
 
-        loc = seq_ids[tok // S] * S + tok % S  # [M] int64 global location
-        keys = tok * L + lat  # sorted because firings are sorted by (tok, lat)
-        self._merge(self.top_val, self.top_loc, self.top_win, None, lat, val, loc, val, tok, keys, largest=True)
-        rkey = reservoir_keys(loc, lat + lo, cfg.n_latents, cfg.seed)  # global ids: the same sample however split
-        self._merge(self.res_key, self.res_loc, self.res_win, self.res_val, lat, rkey, loc, val, tok, keys, largest=False)
+    def _window_keys(self, tok: Tensor, row: Tensor, val: Tensor) -> tuple[Tensor, Tensor]:
+        """Sorted keys tok * rows + row of this state's firings (padding last), and their values."""
+        L = len(self.count)
+        keys = torch.where(row >= 0, tok * L + row, INT64_MAX)
+        order = stable_argsort(keys)
+        return keys[order], val[order]
 
-        self.in_tok.add(lat, flat_tokens[tok])
-        if self.out_tok is not None and next_top is not None:
-            ids, probs = next_top  # [B*S, T]
-            T = ids.shape[1]
-            self.out_tok.add(lat.repeat_interleave(T), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
-        self._cooc(all_tok, all_lat, B * S)
-
-    def _merge(self, buf, buf_loc, buf_win, buf_val, lat, score, loc, val, tok, keys, largest):
-        rows, prov, cand = merge_rows(buf, buf_loc, lat, score, loc, largest)
+    def _merge(self, buf, buf_loc, buf_win, buf_val, row, score, loc, val, tok, keys, kval, largest, n_tok) -> None:
+        """Candidates that can beat a row's current last entry join its buffer (kernels.topk_merge); entries
+        that enter get their windows (kernels.window_gather), the others move with their rows."""
         K = buf.shape[1]
-        old = prov.clamp(max=K - 1)
-        from_old = prov < K
-        # Old entries keep their windows/values (permuted); new ones gather theirs from this batch.
-        win_old = buf_win[rows].gather(1, old[..., None].expand(-1, -1, buf_win.shape[2]))  # [U, K, 2W+1]
-        new_u, new_j = torch.nonzero(~from_old & (cand >= 0), as_tuple=True)
-        ci = cand[new_u, new_j]
-        win_new = gather_windows(keys, val, len(self.count), tok[ci], lat[ci], self.cfg.window, self.cfg.seq_len)
-        win_old[new_u, new_j] = win_new
-        buf_win[rows] = win_old
+        at = row.clamp(min=0)
+        last, last_loc = buf[at, K - 1], buf_loc[at, K - 1]
+        better = (score > last) if largest else (score < last)
+        can = (row >= 0) & (better | (last_loc < 0) | ((score == last) & (loc < last_loc)))
+        src = topk_merge(buf, buf_loc, torch.where(can, row, -1), score, loc, largest=largest)  # [L, K]
+        old = moved_old(src)
+        new = src >= 0
+        cand = src.clamp(min=0).reshape(-1)
+        L = len(self.count)
+        win = gather_windows(keys, kval, L, tok[cand], torch.arange(L, device=row.device).repeat_interleave(K),
+                             window=self.cfg.window, seq_len=self.cfg.seq_len, n_tok=n_tok).view(L, K, -1)
+        moved = buf_win.gather(1, old[..., None].expand(-1, -1, buf_win.shape[2]))
+        buf_win.copy_(torch.where(new[..., None], win, moved))
         if buf_val is not None:
-            v = buf_val[rows].gather(1, old)
-            v[new_u, new_j] = val[ci]
-            buf_val[rows] = torch.where(from_old | (cand >= 0), v, 0.0)
+            buf_val.copy_(torch.where(new, val[cand].view(L, K), buf_val.gather(1, old)))
 
-    def _cooc(self, tok: Tensor, lat: Tensor, n_tok: int) -> None:
-        """Co-firing counts of this state's rows [lo, hi) with every latent, from all firings
-        (global ids). Cost model per batch: a dense matmul F_rows^T F costs 2 N L_rows L FLOPs;
-        scattering every same-token pair costs ~SCATTER_COST per pair (sum_t k_t^2 pairs).
-        The cheaper one runs; both give identical counts."""
+    def _cooc(self, tok: Tensor, lat: Tensor, n_tok: int, per_token: int | None, rows: bool) -> None:
+        """Co-firing counts of this state's rows [lo, hi) with every latent (lat: global ids, -1 padding).
+        Dense tables take F_rows^T F (kernels.cooccurrence, 2 N L_rows L FLOPs) or, when cheaper by the
+        static cost model, every same-token pair (C * per_token candidates, SCATTER_COST each); sketches
+        take the pairs. Both give identical counts."""
         L = self.cfg.n_latents
         lo, hi = self.cfg.rows
-        per_tok = torch.bincount(tok, minlength=n_tok)  # [N] firings per token
-        n_pairs = int((per_tok * per_tok).sum())
-        if self.cooc.mode == "dense" and 2 * n_tok * (hi - lo) * L < SCATTER_COST * n_pairs:
+        C = len(lat)
+        P = min(per_token or C, C, L)
+        if self.cooc.mode == "dense" and 2 * n_tok * (hi - lo) * L < SCATTER_COST * C * P:
+            if (lo, hi) == (0, L):
+                cooc_dense_update(self.cooc.table, tok, lat, n_tok)
+                return
             F = torch.zeros(n_tok, L, dtype=torch.float32, device=tok.device)  # [N, L] binary firing matrix
-            F[tok, lat] = 1.0
+            F.index_put_((tok, lat.clamp(min=0)), (lat >= 0).float(), accumulate=True)
             self.cooc.table += (F[:, lo:hi].T @ F).to(self.cooc.dtype)
             return
-        starts = torch.searchsorted(tok, tok, side="left")  # tok is sorted: first firing of this token
-        n = per_tok[tok]  # [M] firings on this entry's token
-        a = lat.repeat_interleave(n)
-        first = starts.repeat_interleave(n)
-        j = torch.arange(len(a), device=tok.device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-        b = lat[first + j]
-        if (lo, hi) != (0, L):
-            mine = (a >= lo) & (a < hi)
-            a, b = a[mine], b[mine]
-        self.cooc.add(a - lo, b)
+        if rows:  # [C * P] pairs (the diagonal counts firings), -1 where none
+            a, b = cooc_pairs_rows(lat.view(n_tok, -1), include_self=True)
+        else:
+            a, b = cooc_pairs_bounded(tok, lat, P, include_self=True)
+        inside = (a >= lo) & (a < hi)
+        self.cooc.add(torch.where(inside, a - lo, -1), b.clamp(min=0))
 
     # ------------------------------------------------------------------ merge
 
@@ -290,6 +266,7 @@ class HarvestState:
         if asdict(other.cfg) != asdict(self.cfg):
             raise ValueError("cannot merge harvest states with different configs")
         self.n_tokens += other.n_tokens
+        self.overflow += other.overflow
         self.count += other.count
         self.act_sum += other.act_sum
         self.act_max = torch.maximum(self.act_max, other.act_max)
@@ -302,29 +279,24 @@ class HarvestState:
         self._merge_buffers(self.top_val, self.top_loc, self.top_win, None, other.top_val, other.top_loc, other.top_win, None, True)
         self._merge_buffers(self.res_key, self.res_loc, self.res_win, self.res_val, other.res_key, other.res_loc, other.res_win, other.res_val, False)
 
-    def _merge_buffers(self, val, loc, win, extra, o_val, o_loc, o_win, o_extra, largest):
-        r, s = torch.nonzero(o_loc >= 0, as_tuple=True)
-        if len(r) == 0:
-            return
-        rows, prov, cand = merge_rows(val, loc, r, o_val[r, s], o_loc[r, s], largest)
-        K = val.shape[1]
-        old = prov.clamp(max=K - 1)
-        w = win[rows].gather(1, old[..., None].expand(-1, -1, win.shape[2]))
-        nu, nj = torch.nonzero(cand >= 0, as_tuple=True)
-        ci = cand[nu, nj]
-        w[nu, nj] = o_win[r[ci], s[ci]]
-        win[rows] = w
+    def _merge_buffers(self, val, loc, win, extra, o_val, o_loc, o_win, o_extra, largest) -> None:
+        """The other state's entries are candidates of their rows; theirs bring their windows (and values)."""
+        L, K = val.shape
+        row = torch.arange(L, device=val.device)[:, None].expand(L, K)
+        src = topk_merge(val, loc, torch.where(o_loc >= 0, row, -1).reshape(-1), o_val.reshape(-1), o_loc.reshape(-1),
+                         largest=largest)
+        old, new, cand = moved_old(src), src >= 0, src.clamp(min=0)
+        moved = win.gather(1, old[..., None].expand(-1, -1, win.shape[2]))
+        win.copy_(torch.where(new[..., None], o_win.reshape(L * K, -1)[cand], moved))
         if extra is not None:
-            e = extra[rows].gather(1, old)
-            e[nu, nj] = o_extra[r[ci], s[ci]]
-            extra[rows] = e
+            extra.copy_(torch.where(new, o_extra.reshape(-1)[cand], extra.gather(1, old)))
 
     # ------------------------------------------------------------------ persistence
 
     def tensors(self) -> dict[str, Tensor]:
         t = {
             name: getattr(self, name)
-            for name in ("n_tokens", "count", "act_sum", "act_max", "hist", "top_val", "top_loc", "top_win",
+            for name in ("n_tokens", "overflow", "count", "act_sum", "act_max", "hist", "top_val", "top_loc", "top_win",
                          "res_key", "res_loc", "res_val", "res_win", "tok_total", "out_total")
         }
         t.update(self.in_tok.tensors("in_tok"))

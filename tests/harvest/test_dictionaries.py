@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from engine.core.errors import UserError
 from engine.harvest.dictionaries import load_dictionary
+from tests.helpers.firings import fired
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -54,11 +55,12 @@ def test_sae_lens_encode_matches(tmp_path, cls, kw):
     assert got.shape == want.shape
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
     f = ours.encode(x)
-    assert torch.equal(f.tok * 40 + f.lat, torch.sort(f.tok * 40 + f.lat).values)  # sorted by (tok, lat)
-    assert int((want > 0).sum()) == len(f.val)
+    assert len(f.lat) == 64 * (f.per_token or 0) and f.per_token == min(40, ours.k or 256)  # fixed slots
+    ftok, flat, fval = fired(f)
+    assert int((want > 0).sum()) == len(fval)
     tok, lat = torch.nonzero(got > 0, as_tuple=True)  # packed firings (TopK: straight from its winners) = dense
-    assert torch.equal(f.tok, tok) and torch.equal(f.lat, lat)
-    torch.testing.assert_close(f.val, got[tok, lat], rtol=0, atol=0)
+    assert torch.equal(ftok, tok) and torch.equal(flat, lat)
+    torch.testing.assert_close(fval, got[tok, lat], rtol=0, atol=0)
 
 
 def test_sparsify_folder(tmp_path):
@@ -97,7 +99,7 @@ def test_neurons():
     ours = load_dictionary("neurons:6")
     x = torch.tensor([[1.0, -1.0, 0.0, 2.0, -3.0, 0.5]])
     f = ours.encode(x)
-    assert f.lat.tolist() == [0, 3, 5]
+    assert fired(f)[1].tolist() == [0, 3, 5]
 
 
 @pytest.mark.parametrize("setup,match", [

@@ -23,6 +23,7 @@ from engine.harvest.dictionaries import load_dictionary
 from engine.harvest.model import load_model
 from engine.harvest.run import main as harvest_main
 from engine.harvest.sources import HookedModel
+from tests.helpers.firings import fired
 
 UP, DOWN = "model.layers.1.mlp.up_proj", "model.layers.2.mlp.down_proj"
 SHAPES = {UP: (128, 384), DOWN: (384, 128)}  # embedded model: d_model 128, d_mlp 384
@@ -125,7 +126,7 @@ def test_ci_encode_equals_spd_modules(tmp_path, kind, hidden):
     fires = (ref > 0).float().mean().item()
     assert 0.02 < fires < 0.9, fires  # a real mix of firing and silent positions
     f = d.encode(x)  # firings = CI > threshold, value = CI
-    assert len(f.tok) == int((ref > 0).sum())
+    assert len(fired(f)[0]) == int((ref > 0).sum())
     d5 = load_dictionary(str(tmp_path / "run"), UP, ci_threshold=0.5)
     assert int((d5.encode_dense(x) > 0).sum()) == int((ref > 0.5).sum())
 

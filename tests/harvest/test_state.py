@@ -109,7 +109,7 @@ def check(state, ref, cfg):
     dense_co = torch.zeros(L, L, dtype=torch.float64)
     for l in range(L):
         c, w = state.cooc.row_entries(l)
-        dense_co[l, c] = w
+        dense_co[l, c] = w.double()
     np.testing.assert_array_equal(dense_co.numpy(), ref["cooc"])
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from engine.core.errors import UserError
-from engine.harvest.firings import Firings
+from engine.harvest.firings import FIRINGS_PER_TOKEN, Firings, from_rows, rows_of_sorted, strongest
 
 ACTIVATIONS = ("relu", "jumprelu", "topk", "gated", "identity", "spd_ci")
 
@@ -64,6 +64,8 @@ class Dictionary:
     "[L'] original indices when only a subset is harvested (see subset)."
     _select: Tensor | None = None
     "TopK subsets: columns kept after the full selection."
+    firings_per_token: int = FIRINGS_PER_TOKEN
+    "Non-TopK encodes keep this many of a token's strongest firings (engine.harvest.firings)."
 
     def subset(self, ids: list[int]) -> Dictionary:
         """Keep only latents `ids`: encode cost and all state memory scale with the subset
@@ -127,19 +129,16 @@ class Dictionary:
         return use_triton(x)
 
     def _encode_kernel(self, x: Tensor) -> Firings:
-        from kernels.encode_pack import default_capacity, encode_pack, sort_firings
+        from kernels.encode_pack import encode_pack, sort_firings
 
         xp = self.prepare(x).contiguous()  # input transform and b_dec subtraction, as the reference
-        capacity = default_capacity(len(xp), self.n_latents, self.activation, self.k)
-        while True:
-            f = encode_pack(xp, self.W_enc.float().contiguous(), self.b_enc.float().contiguous(), threshold=self.threshold,
-                            activation=self.activation, k=self.k, capacity=capacity)
-            n = int(f.count)  # the one host sync per batch: sizes the firings for the state update
-            if n <= capacity:
-                break
-            capacity = n  # overflow: rerun with room for every firing (never drops any)
+        N = len(xp)
+        P = min(self.k, self.n_latents) if self.activation == "topk" else min(self.firings_per_token, self.n_latents)
+        f = encode_pack(xp, self.W_enc.float().contiguous(), self.b_enc.float().contiguous(), threshold=self.threshold,
+                        activation=self.activation, k=self.k, capacity=N * P)
+        dropped = (f.count - N * P).clamp(min=0)  # on device: the kernel's excess past its N * P slots
         f = sort_firings(f)
-        return Firings(f.tok[:n], f.lat[:n], f.val[:n])
+        return rows_of_sorted(f.tok, f.lat, f.val, N, P, dropped)
 
     def _encode_all(self, x: Tensor) -> Tensor:
         x = self.prepare(x)
@@ -163,13 +162,12 @@ class Dictionary:
         return torch.zeros_like(pre).scatter_(1, idx, val.clamp(min=0))
 
     def encode(self, x: Tensor) -> Firings:
-        """[N, d_in] -> firings sorted by (tok, lat).
+        """[N, d_in] -> the batch's firings in fixed slots (engine.harvest.firings): no host sync.
 
         Fast path (chosen once by kernels.dispatch: CUDA + Triton, or AUTOINTERP_KERNELS=triton):
         the fused Triton encode+pack, which never writes the dense [N, L] activations.
-        Otherwise TopK packs straight from its k winners per token (no dense [N, L] tensor
-        after the pre-activations); subset-TopK and the other activations use the dense
-        torch reference below."""
+        Otherwise TopK takes its k winners per token straight from the pre-activations; subset-TopK
+        and the other activations keep the `firings_per_token` strongest of the dense reference."""
         if self._kernel_ok(x):
             return self._encode_kernel(x)
         if self.activation == "topk" and self._select is None:
@@ -177,14 +175,8 @@ class Dictionary:
             if self.decoder_norm_scale is not None:
                 pre = pre * self.decoder_norm_scale
             val, idx = pre.topk(self.k, dim=1)  # [N, k]
-            idx, order = idx.sort(dim=1)  # firings sorted by (tok, lat), as the dense path gives them
-            val = val.gather(1, order)
-            keep = val > 0
-            tok = torch.arange(len(idx), device=idx.device)[:, None].expand_as(idx)
-            return Firings(tok[keep], idx[keep], val[keep])
-        acts = self.encode_dense(x)
-        tok, lat = torch.nonzero(acts > 0, as_tuple=True)
-        return Firings(tok, lat, acts[tok, lat])
+            return from_rows(idx, val)
+        return strongest(self.encode_dense(x), self.firings_per_token)
 
 
 def causal_importance(d, x: Tensor) -> Tensor:
