@@ -88,8 +88,8 @@ def gather_windows_triton(keys, vals, n_latents, q_tok, q_lat, *, window, seq_le
 # ----------------------------------------------------------------------------- torch reference
 
 
-DENSE_TABLE_ELEMS = 1 << 24
-"The torch path builds a [n_latents, sequences, S + 2W] table when it has at most this many entries (64 MiB)."
+DENSE_TABLE_ELEMS = 1 << 25
+"The torch path builds a [n_latents, sequences, S + 2W] table when it has at most this many entries (128 MiB)."
 
 
 def gather_windows_torch(keys, vals, n_latents, q_tok, q_lat, *, window, seq_len, n_tok=None) -> Tensor:

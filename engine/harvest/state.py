@@ -226,14 +226,26 @@ class HarvestState:
         src = topk_merge(buf, buf_loc, torch.where(can, row, -1), score, loc, largest=largest)  # [L, K]
         old = moved_old(src)
         new = src >= 0
-        cand = src.clamp(min=0).reshape(-1)
-        L = len(self.count)
-        win = gather_windows(keys, kval, L, tok[cand], torch.arange(L, device=row.device).repeat_interleave(K),
-                             window=self.cfg.window, seq_len=self.cfg.seq_len, n_tok=n_tok).view(L, K, -1)
-        moved = buf_win.gather(1, old[..., None].expand(-1, -1, buf_win.shape[2]))
-        buf_win.copy_(torch.where(new[..., None], win, moved))
+        L, W2 = len(self.count), buf_win.shape[2]
+        # Windows only for the entries that entered: at most Q = min(L K, C) of them (each is a distinct
+        # candidate), compacted into Q fixed slots by a prefix sum, so the gather costs Q, not L K, queries.
+        LK, Q = L * K, min(L * K, len(row))
+        flat_new = new.reshape(-1)
+        slot = torch.full((Q + 1,), LK, dtype=torch.int64, device=row.device)  # slot Q takes the rest
+        slot.scatter_(0, torch.where(flat_new, flat_new.cumsum(0) - 1, Q).clamp(max=Q),
+                      torch.arange(LK, device=row.device))
+        slot = slot[:Q]
+        used = slot < LK
+        q_slot = slot.clamp(max=LK - 1)
+        q_cand = src.reshape(-1)[q_slot].clamp(min=0)
+        win = gather_windows(keys, kval, L, tok[q_cand], q_slot // K, window=self.cfg.window,
+                             seq_len=self.cfg.seq_len, n_tok=n_tok)  # [Q, W2]
+        moved = buf_win.gather(1, old[..., None].expand(-1, -1, W2)).reshape(LK, W2)
+        out = torch.cat([moved, moved.new_zeros(1, W2)])  # row LK takes the unused slots
+        out.index_copy_(0, torch.where(used, slot, LK), win)
+        buf_win.copy_(out[:LK].view(L, K, W2))
         if buf_val is not None:
-            buf_val.copy_(torch.where(new, val[cand].view(L, K), buf_val.gather(1, old)))
+            buf_val.copy_(torch.where(new, val[src.clamp(min=0)], buf_val.gather(1, old)))
 
     def _cooc(self, tok: Tensor, lat: Tensor, n_tok: int, per_token: int | None, rows: bool) -> None:
         """Co-firing counts of this state's rows [lo, hi) with every latent (lat: global ids, -1 padding).
