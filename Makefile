@@ -38,3 +38,13 @@ bench: install-test
 
 clean:
 	rm -rf runs .pytest_cache
+
+# On a GPU machine: device, compiled kernel tests, bench.kernels --device cuda, bench.scale --preset llama-8b,
+# then the "GPU run" section of bench/RESULTS.md (bench/gpu_check.sh; each step time-boxed, under 8 minutes).
+# gpu-check-dry exercises the same script without a GPU, writing into a temp copy of RESULTS.md.
+.PHONY: gpu-check gpu-check-dry
+gpu-check:
+	bash bench/gpu_check.sh
+
+gpu-check-dry:
+	GPU_CHECK_DRY=1 bash bench/gpu_check.sh

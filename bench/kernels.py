@@ -1,7 +1,7 @@
 """Harvest kernels against their torch references, a naive baseline and the physical floor.
 
     python -m bench.kernels [--tokens N] [--d-model D] [--latents L] [--l0 64] [--k 64]
-    python -m bench.kernels --tokens 4096 --d-model 4096 --latents 131072   # GPU shapes
+    python -m bench.kernels --device cuda    # GPU shapes by default: 4096 tokens, d 4096, 131072 latents, bf16
 
 Providers per op:
   triton     the Triton launcher (CUDA only; the CPU interpreter is not a speed)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import torch
@@ -43,8 +44,10 @@ def bench(fn, dev, reps: int, min_time=0.05) -> float:
     runs after a warm-up (the build machine's cores are shared: the minimum is the run with
     the least interference, the median moves by 2x between runs)."""
     if dev.type == "cuda":
-        from triton.testing import do_bench
-
+        try:
+            from triton.testing import do_bench
+        except ImportError:  # CUDA without Triton: median of CUDA-event timings
+            return cuda_median(fn, max(reps, 10))
         return do_bench(fn, quantiles=[0.5, 0.2, 0.8])[0] / 1e3
     fn()
     times = []
@@ -54,6 +57,21 @@ def bench(fn, dev, reps: int, min_time=0.05) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def cuda_median(fn, reps: int) -> float:
+    """Seconds per fn() on CUDA: the median of reps CUDA-event intervals after a warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def measure_rates(x, W, dev, reps) -> tuple[float, float]:
@@ -141,9 +159,19 @@ def main(argv=None) -> dict:
     p.add_argument("--cooc-latents", type=int, default=None, help="L of the dense co-occurrence (default 8192 GPU, 1024 CPU)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="x and W_enc (default bf16 GPU, fp32 CPU)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i] (default cuda when available)")
     a = p.parse_args(argv)
-    dev = torch.device(a.device)
+    try:
+        dev = torch.device(a.device)
+    except RuntimeError:
+        print(f"error: --device {a.device!r} is not a device -- use cpu or cuda", file=sys.stderr)
+        raise SystemExit(2) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {a.device}: CUDA is not available here (torch {torch.__version__}) -- use --device cpu", file=sys.stderr)
+        raise SystemExit(2)
+    if dev.type not in ("cpu", "cuda"):
+        print(f"error: --device {a.device}: only cpu and cuda are benchmarked -- use one of those", file=sys.stderr)
+        raise SystemExit(2)
     gpu = dev.type == "cuda"
     a.tokens = a.tokens or (4096 if gpu else 1024)
     a.d_model = a.d_model or (4096 if gpu else 512)
