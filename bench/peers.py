@@ -1,6 +1,9 @@
-"""Top-activation extraction the way sae-lens users do it, against our harvest, on the same tokens.
+"""Top-activation extraction the way sae-lens and delphi users do it, against our harvest, on the same tokens.
 
     python -m bench.peers [--batches 12] [--batch-size 16] [--context-length 128] [--top-k 20] [--repeats 2] [--threads 1]
+
+delphi (PyPI `eai-delphi`) is optional: its requirements pull vllm and a CUDA torch, so install it with
+`pip install --no-deps eai-delphi==0.1.3` plus `pip install -e .[peers]`; without it its row is skipped.
 
 Same model (the embedded default), dictionary (its SAE, loaded by sae-lens itself with
 `SAE.load_from_disk`) and token batches for every path. The sae-lens paths read the
@@ -21,8 +24,20 @@ accepts only its registry names, checked and printed below). Then `sae.encode` a
                   peers compute none), forward stopped after the hookpoint: the same top-K with
                   windows and per-token activations, plus the random sample, histograms,
                   input-token and co-occurrence statistics
-  ours, CLI       `python -m engine.harvest ... --no-output-stats` on the same tokens, model load
-                  and the written run (components.jsonl, tokens.bin, stats, checkpoint) included
+  ours, CLI       `python -m engine.harvest ... --no-output-stats` on the same tokens, model load,
+                  tokenization and the written run (components.jsonl, tokens.bin, stats) included; it
+                  writes no checkpoint unless asked (--checkpoint-every / --final-checkpoint)
+  delphi          delphi's own library on CPU, the way its `python -m delphi` populates its cache and
+                  builds latent records: the HF model and tokenizer loaded, the corpus tokenized (our
+                  packing: delphi's own `load_tokenized_data` reads a hub dataset), `LatentCache.run`
+                  with the SAE's dense `encode` (sae-lens, as delphi loads only sparsify / Gemma Scope
+                  coders), `save_splits` + `save_config`, then `LatentDataset` with delphi's
+                  `constructor` (32-token windows, 50 random non-activating examples) and `sampler`
+                  (40 train / 50 test quantile examples, decoded) for every latent (`min_examples=1`,
+                  as we keep every latent that fires; its default 200 drops the rarer ones). BOS is
+                  kept in its cache (its --filter_bos would drop BOS tokens and re-chunk the stream:
+                  other tokens). Compared: each latent's max activation against ours (delphi stores
+                  activations as float16)
 
 Every position counts on all in-memory paths (BOS too), so their top-K are comparable; the
 CLI filters BOS (its default) and is timed, not compared. Times: the paths run round robin
@@ -41,6 +56,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import io
 import json
 import resource
 import shutil
@@ -63,6 +79,14 @@ HF_HOOK = "model.layers.2"
 "HF module path of blocks.2.hook_resid_post, where the shipped SAE was trained."
 FEATURES_AT_A_TIME = 128
 "SAEDashboard's NeuronpediaRunnerConfig.n_features_at_a_time default."
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
 
 
 def rss_mb() -> float:
@@ -192,14 +216,62 @@ def ours_state(model, tok, d, data, S: int, K: int):
 
 
 def ours_cli(out: Path, a) -> None:
-    import io
-
     from engine.harvest.run import main as harvest
 
     with contextlib.redirect_stdout(io.StringIO()):  # its summary line would land in the table
         harvest([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", DEFAULT_DATASET, "--out", str(out), "--n-batches",
                  str(a.batches), "--batch-size", str(a.batch_size), "--context-length", str(a.context_length),
                  "--top-k", str(a.top_k), "--no-output-stats", "--device", "cpu"])
+
+
+DELPHI_VERSION = "0.1.3"
+"The eai-delphi release this bench drives (its cache/constructor/sampler API)."
+
+
+def delphi_missing() -> str | None:
+    """None when delphi's cache, constructor and sampler import here, else one line saying why not."""
+    try:
+        from delphi.config import CacheConfig, ConstructorConfig, SamplerConfig  # noqa: F401
+        from delphi.latents import LatentCache, LatentDataset  # noqa: F401
+    except Exception as e:  # noqa: BLE001 -- ImportError, or a dependency failing at import: the reason is the finding
+        return (f"{type(e).__name__}: {str(e).splitlines()[0][:120]} -- pip install --no-deps eai-delphi=={DELPHI_VERSION} "
+                f"&& pip install -e .[peers]")
+    return None
+
+
+def delphi_records(sae, tokens_of, a, out: Path):
+    """delphi's pipeline on CPU: model load, tokens, LatentCache.run, save_splits/config, LatentDataset records."""
+    import logging
+
+    from delphi.config import CacheConfig, ConstructorConfig, SamplerConfig
+    from delphi.latents import LatentCache, LatentDataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logging.getLogger("delphi").setLevel(logging.ERROR)  # per-latent "few examples" notices
+    model = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+    tokens = torch.cat(tokens_of(tok))  # [N, S]: the sequences every other path reads
+    cache = LatentCache(model, {HF_HOOK: sae.encode}, batch_size=a.batch_size)
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+        cache.run(tokens.numel(), tokens)
+    latents = out / "latents"
+    cache.save_splits(n_splits=5, save_dir=latents)
+    cache.save_config(save_dir=latents, cfg=CacheConfig(dataset_repo=DEFAULT_DATASET, batch_size=a.batch_size,
+                                                        cache_ctx_len=tokens.shape[1], n_tokens=tokens.numel()),
+                      model_name=DEFAULT_MODEL)
+    dataset = LatentDataset(raw_dir=latents, sampler_cfg=SamplerConfig(), constructor_cfg=ConstructorConfig(min_examples=1),
+                            modules=[HF_HOOK], tokenizer=tok)
+    return list(dataset)
+
+
+def delphi_agreement(state, records) -> tuple[float, int]:
+    """(share of latents whose max activation equals ours to float16 precision, latents with a record)."""
+    same = 0
+    for r in records:
+        lat = r.latent.latent_index
+        ours = float(state.top_val[lat, 0])
+        same += abs(r.max_activation - ours) <= 2e-3 * max(1.0, abs(ours))
+    return same / max(len(records), 1), len(records)
 
 
 def agreement(state, vals: torch.Tensor, idx: torch.Tensor) -> tuple[float, float, float, int]:
@@ -247,6 +319,10 @@ def main(argv=None) -> dict:
     data = [ids for _, ids in batches(pack(iter_texts(DEFAULT_DATASET), tok, S), a.batch_size, a.batches * a.batch_size)]
     n_tok = sum(x.numel() for x in data)
     hst = hooked_sae_transformer_check(model, tok)
+    no_delphi = delphi_missing()  # also imports it, outside the timings, as sae-lens is
+
+    def tokens_of(tokenizer):  # the same sequences, tokenized again inside the timed delphi path
+        return [ids for _, ids in batches(pack(iter_texts(DEFAULT_DATASET), tokenizer, S), a.batch_size, a.batches * a.batch_size)]
 
     rows, results, checkpoint = {}, {}, 0
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
@@ -259,6 +335,8 @@ def main(argv=None) -> dict:
             "ours: Harvester (in memory)": lambda out: ours_state(model, tok, d, data, S, K),
             "ours: engine.harvest CLI": lambda out: ours_cli(out, a),
         }
+        if no_delphi is None:
+            paths["delphi: cache + records"] = lambda out: delphi_records(sae, tokens_of, a, out)
         for r in range(a.repeats + 1):  # a memory round, then timing rounds (round robin, best kept: other work comes and goes)
             memory_round = r == 0
             if r == 1:
@@ -284,6 +362,7 @@ def main(argv=None) -> dict:
           f"top-K {K}; sae-lens {sae_lens.__version__}, torch {torch.__version__}, {a.threads} thread(s)")
     print(f"HookedSAETransformer.from_pretrained_no_processing(local HF model): {hst}; residuals read through "
           f"sae-lens's HookedProxyLM instead")
+    print(f"delphi: {'eai-delphi ' + _version('eai-delphi') if no_delphi is None else 'skipped (' + no_delphi + ')'}")
     print(f"{'path':30s} {'time s':>7s} {'tok/s':>8s} {'time/ours':>9s} {'peak +MB':>9s} {'mem/ours':>8s} {'disk MB':>8s}"
           f"  top-K vs ours: same set / same values / shared")
     out = {"tokens": n_tok, "latents": d.n_latents, "top_k": K, "sae_lens": sae_lens.__version__, "paths": {}}
@@ -295,13 +374,24 @@ def main(argv=None) -> dict:
             s, v, sh, fired = agreement(state, *results[name])
             agree = f"  {s:6.1%} / {v:6.1%} / {sh:6.1%} of {fired}"
             rec.update(same_sets=round(s, 4), same_values=round(v, 4), shared=round(sh, 4))
+        if name.startswith("delphi"):
+            same, n_rec = delphi_agreement(state, results[name])
+            agree = f"  max activation = ours: {same:6.1%} of {n_rec} latent records"
+            rec.update(same_max=round(same, 4), records=n_rec)
         print(f"{name:30s} {t:7.2f} {n_tok / t:8,.0f} {t / base_t:9.2f} {m:9.1f} {m / base_m if base_m > 0 else 0:8.2f} "
               f"{disk / 2**20:8.2f}{agree}")
         out["paths"][name] = rec
     cli_disk = rows["ours: engine.harvest CLI"][2]
+    ckpt_note = f"+ {checkpoint / 2**20:.1f} MB checkpoint (the accumulator state)" if checkpoint else "and no checkpoint (none asked for)"
     print(f"the CLI's disk: {(cli_disk - checkpoint) / 2**20:.1f} MB of results (components.jsonl with every latent's "
-          f"examples and statistics, stats, tokens.bin) + {checkpoint / 2**20:.1f} MB checkpoint (the accumulator state)")
+          f"examples and statistics, stats, tokens.bin) {ckpt_note}")
     out["cli_checkpoint_mb"] = round(checkpoint / 2**20, 2)
+    if no_delphi is None:
+        ratio = rows["delphi: cache + records"][0] / rows["ours: engine.harvest CLI"][0]
+        print(f"delphi / our CLI: {ratio:.2f}x the time (its cache and latent records vs our whole harvest command)")
+        out["delphi_vs_cli"] = round(ratio, 2)
+    else:
+        out["delphi"] = {"skipped": no_delphi}
     print(json.dumps(out))
     return out
 

@@ -34,5 +34,5 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        print("interrupted; rerun the same command to resume (engine.harvest: add --resume)", file=sys.stderr)
         sys.exit(130)

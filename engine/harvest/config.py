@@ -50,7 +50,9 @@ class HarvestArgs:
     output_stats: bool = True
     "Run the full forward pass for next-token statistics (off: stop after the last hookpoint)."
     checkpoint_every: int = 0
-    "Checkpoint every N batches (0: only at the end)."
+    "Checkpoint every N batches, and at the end (0: none; a run stopped by Ctrl-C or bad data still saves one)."
+    final_checkpoint: bool | None = None
+    "Checkpoint the end state (the whole accumulator, e.g. 85 MB for the default) so a later --resume reloads it instead of recomputing. Default (None): only with --checkpoint-every N > 0. A finished run without one removes its stale checkpoint."
     resume: bool = False
     "Continue from OUT/harvest/checkpoint."
     device: str = "auto"
@@ -67,6 +69,8 @@ class HarvestArgs:
     "SPD runs: a component fires where its causal importance exceeds this."
     latent_parallel: bool = False
     "Under torchrun: every rank reads every batch and keeps latents [r L/N, (r+1) L/N) (state memory / N, forward x N)."
+    firings_per_token: int = 256
+    "Non-TopK dictionaries: firings kept per token (the strongest); any excess is counted and reported at the end."
     pair_budget_mb: int = 1024
     "Above this size the token and co-occurrence tables switch from dense to bounded sketches."
 

@@ -10,7 +10,13 @@ Inside your own loop, use `engine.harvest.harvester.Harvester` (no model needed)
 
 Checkpoints (`--checkpoint-every`) are written atomically into RUN/harvest/checkpoint;
 `--resume` continues from the last one and gives the same result as an
-uninterrupted run.
+uninterrupted run. The end state is checkpointed only when asked (`--checkpoint-every
+N > 0`, or `--final-checkpoint`); a run stopped by Ctrl-C or a data error always saves
+what it has done. A finished run leaves either a checkpoint of its end state or none.
+
+Reading, tokenizing and packing the text run in a background thread a few batches
+ahead (the tokenizer releases the GIL), overlapping the forward pass and the state
+update; the order of the sequences is unchanged.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import queue
 import shutil
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -40,6 +51,98 @@ from engine.harvest.model import load_model, pick_device
 from engine.harvest.results import build_results, run_config
 from engine.harvest.sources import HookedModel
 from engine.harvest.state import HarvestState, StateConfig
+
+
+class Prefetch:
+    """Iterates `it` in a background thread, up to `depth` items ahead; its exceptions are raised here, in order.
+
+    The harvest's text -> token batches pipeline (gzip + JSON, the tokenizer, packing) runs here
+    while the main thread runs the model: HF fast tokenizers release the GIL, so on a free core
+    tokenization costs the loop nothing. The order of items is the iterator's (determinism and
+    --resume are unchanged)."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator, depth: int = 8):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(it,), daemon=True, name="harvest-prefetch")
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, it: Iterator) -> None:
+        try:
+            for item in it:
+                if not self._put((item, None)):
+                    return
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, raised there
+            self._put((self._END, e))
+            return
+        self._put((self._END, None))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item, exc = self._q.get()
+        if item is self._END:
+            self._q.put((item, exc))  # stay exhausted
+            if exc is not None:
+                raise exc
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop the producer (it ends at its next item; a daemon, it never holds the process)."""
+        self._stop.set()
+
+
+class SafeInterrupt:
+    """Ctrl-C inside the harvest loop: the first stops the run at the end of the current batch, so
+    the checkpoint saved on the way out never holds part of a batch (--resume would fold that part
+    in twice); a second one stops at once and saves nothing (the state may be half-updated).
+    Installed only in the main thread over Python's default SIGINT handler, restored on exit."""
+
+    def __init__(self):
+        self.pending = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame):
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt here, between batches, if Ctrl-C was pressed."""
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _remove_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint folder that no longer matches the finished run's state."""
+    shutil.rmtree(ckpt, ignore_errors=True)
+    if ckpt.parent.name == "checkpoint":  # torchrun: RUN/harvest/checkpoint/rank{r}; drop the parent once empty
+        try:
+            ckpt.parent.rmdir()
+        except OSError:
+            pass
 
 
 def parse_args(argv) -> HarvestArgs:
@@ -75,6 +178,7 @@ def main(argv: list[str] | None = None) -> Path:
     probe, _ = hooked.run(torch.zeros(1, 2, dtype=torch.int64, device=device), need_logits=False)
     for name, d in zip(hookpoints, dicts):
         d.to(device)
+        d.firings_per_token = a.firings_per_token
         if probe[name].shape[-1] != d.d_in:
             raise UserError(f"hookpoint {name} has width {probe[name].shape[-1]} but dictionary {d.path} expects d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
     S = a.context_length
@@ -96,12 +200,19 @@ def main(argv: list[str] | None = None) -> Path:
     ckpt = run.checkpoint(None if world_size == 1 else rank)
     harvester = Harvester(dicts, cfg, hookpoints, device)
     done_seqs = 0
+    saved = False  # whether `ckpt` holds exactly the current state and done_seqs
+    want_final = a.checkpoint_every > 0 if a.final_checkpoint is None else a.final_checkpoint
     if a.resume and (ckpt / "state.json").exists():
         harvester.state, meta = HarvestState.load(ckpt, device, expect=cfg)
         if meta.get("dataset") != a.dataset or meta.get("model") != a.model:
             raise UserError(f"checkpoint {ckpt} is from another model/dataset -- use the same MODEL and --dataset, or a new --out")
-        done_seqs = meta["sequences_done"]
+        done_seqs, saved = meta["sequences_done"], True
+        if done_seqs > n_seq:
+            raise UserError(f"checkpoint {ckpt} has {done_seqs} sequences done, more than the {n_seq} this run asks for "
+                            f"-- raise --n-tokens/--n-batches, or use a new --out")
     if rank == 0:
+        if done_seqs and run.tokens.exists() and run.tokens.stat().st_size != n_seq * S * 4:
+            os.truncate(run.tokens, n_seq * S * 4)  # resuming with another --n-tokens: keep the rows already harvested
         store = TokenStore(run.tokens, n_seq, S, mode="w+")
     if world_size > 1:  # rank 0 creates the shared store; the others open it after
         torch.distributed.barrier()
@@ -114,47 +225,67 @@ def main(argv: list[str] | None = None) -> Path:
     bar = tqdm(total=n_seq * S, initial=done_seqs * S, unit="tok", unit_scale=True, desc="harvest", disable=rank != 0)
     t0, n_batch = time.time(), 0
     meta = lambda: {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model}
+    feed = Prefetch(batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs))
+    dirty = False  # the state holds part of a batch (only a second Ctrl-C can stop it there)
     try:
-        for first, ids in batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs):
-            if not split and (first // a.batch_size) % world_size != rank:  # data-parallel: batch i -> rank i % world
-                done_seqs = first + len(ids)
+        with SafeInterrupt() as interrupt:
+            for first, ids in feed:
+                interrupt.check()
+                if not split and (first // a.batch_size) % world_size != rank:  # data-parallel: batch i -> rank i % world
+                    done_seqs, saved = first + len(ids), False
+                    bar.update(len(ids) * S)
+                    continue
+                ids = ids.to(device)
+                acts, logits = hooked.run(ids, need_logits=a.output_stats)
+                valid = ids != bos if (a.filter_bos and bos is not None) else None
+                seq_ids = torch.arange(first, first + len(ids), device=device)
+                dirty = True
+                harvester.update(acts, ids, seq_ids=seq_ids, valid=valid, logits=logits)
+                if rank == 0 or not split:  # latent-parallel ranks all read the same batches
+                    store.write(first, ids)
+                done_seqs, saved, dirty = first + len(ids), False, False
+                n_batch += 1
                 bar.update(len(ids) * S)
-                continue
-            ids = ids.to(device)
-            acts, logits = hooked.run(ids, need_logits=a.output_stats)
-            valid = ids != bos if (a.filter_bos and bos is not None) else None
-            seq_ids = torch.arange(first, first + len(ids), device=device)
-            harvester.update(acts, ids, seq_ids=seq_ids, valid=valid, logits=logits)
-            if rank == 0 or not split:  # latent-parallel ranks all read the same batches
-                store.write(first, ids)
-            done_seqs = first + len(ids)
-            n_batch += 1
-            bar.update(len(ids) * S)
-            if a.checkpoint_every and n_batch % a.checkpoint_every == 0:
-                store.flush()
-                harvester.state.save(ckpt, meta())
-    except (UserError, KeyboardInterrupt):
+                if a.checkpoint_every and n_batch % a.checkpoint_every == 0:
+                    store.flush()
+                    harvester.state.save(ckpt, meta())
+                    saved = True
+            interrupt.check()  # pressed during the last batch
+    except (UserError, KeyboardInterrupt) as e:
         bar.close()
-        if n_batch:  # keep the work done so far; --resume continues from here
-            store.flush()
+        if n_batch and not saved and not (dirty and isinstance(e, KeyboardInterrupt)):  # keep the work done so far;
+            store.flush()                                                                # --resume continues from here
             harvester.state.save(ckpt, meta())
         raise
+    finally:
+        feed.close()
     bar.close()
     if done_seqs == 0:
         raise UserError(f"dataset {a.dataset} produced no full sequence of {S} tokens -- use more text or a shorter --context-length")
     store.flush()
-    harvester.state.save(ckpt, meta())
+    if want_final and not saved:
+        harvester.state.save(ckpt, meta())
+        saved = True
     hooked.close()
     if split:
-        return _finish_latent_parallel(a, harvester.state, model, dicts, hooked, tokenizer, store, run, done_seqs,
-                                       latent_scores, t0)
-    state = merge_across_ranks(harvester.state)
-    if rank == 0:
-        rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
-        if latent_scores:
-            rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
-        build_results(state, rc, dicts, tokenizer, store, model, run)
-        print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents, {world_size} process(es) in {time.time() - t0:.1f}s -> {out}")
+        _finish_latent_parallel(a, harvester.state, model, dicts, hooked, tokenizer, store, run, done_seqs,
+                                latent_scores, t0)
+    else:
+        state = merge_across_ranks(harvester.state)
+        if rank == 0:
+            rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+            if latent_scores:
+                rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
+            over = int(state.overflow)  # a host read at the end, as every other
+            if over:
+                rc.extra["firings_over_cap"] = over
+            build_results(state, rc, dicts, tokenizer, store, model, run)
+            print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents, {world_size} process(es) in {time.time() - t0:.1f}s -> {out}")
+            if over:
+                print(f"harvest: {over:,} firings beyond --firings-per-token {a.firings_per_token} were not kept (their "
+                      "latents' statistics miss them) -- rerun with a higher --firings-per-token", file=sys.stderr)
+    if not saved and ckpt.exists():  # an earlier (interrupted or periodic) checkpoint is behind the results now
+        _remove_checkpoint(ckpt)   # (removed only after they are written: a crash above can still --resume)
     return out
 
 

@@ -115,3 +115,23 @@ def test_bad_dictionary_gives_one_line_error(tmp_path, setup, match):
     with pytest.raises(UserError, match=match) as e:
         load_dictionary(str(p))
     assert "\n" not in str(e.value) and "--" in str(e.value)
+
+
+def test_firings_beyond_the_per_token_cap_are_counted_and_the_strongest_kept():
+    g = torch.Generator().manual_seed(3)
+    d_in, L = 16, 40
+    from engine.harvest.dictionaries.base import Dictionary
+
+    d = Dictionary("random", "test:relu", None, torch.randn(d_in, L, generator=g), torch.zeros(L), None, None, "relu",
+                   0, None, d_in, L, firings_per_token=3)
+    x = torch.randn(64, d_in, generator=g)
+    dense = d.encode_dense(x)  # [64, 40], about half positive
+    f = d.encode(x)
+    assert f.per_token == 3 and len(f.lat) == 64 * 3
+    n = (dense > 0).sum(dim=1)
+    assert int(f.overflow) == int((n - 3).clamp(min=0).sum()) > 0
+    tok, lat, val = fired(f)
+    kept = torch.zeros_like(dense)
+    kept[tok, lat] = val
+    want = torch.where(dense >= dense.topk(3, dim=1).values[:, -1:], dense, 0.0).clamp(min=0)  # each token's 3 largest
+    torch.testing.assert_close(kept, want, rtol=0, atol=0)
