@@ -77,7 +77,8 @@ def _sig(x) -> float:
 
 
 def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, names, jaccard=False):
-    """Precision/recall/PMI(/Jaccard) lists for one row of a pair table."""
+    """Precision/recall/PMI(/Jaccard) lists for one row of a pair table (integer or float counts; float64 math)."""
+    joint = joint.double()
     keep = (joint >= MIN_COUNT) & (marg[cols] > 0)
     cols, joint = cols[keep], joint[keep]
     m = marg[cols].double()
