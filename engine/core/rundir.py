@@ -168,11 +168,6 @@ class RunDir:
 
     # ------------------------------------------------------------------ readers
 
-    def require_harvest(self) -> None:
-        if not self.config.exists():
-            raise UserError(f"{self.config} not found -- is {self.root} a run directory? "
-                            "Run python -m engine.harvest first")
-
     def load_config(self) -> RunConfig:
         try:
             return msgspec.json.decode(self.config.read_bytes(), type=RunConfig)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from engine.core.cli import cli
 from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL
+from engine.harvest.firings import FIRINGS_PER_TOKEN
 
 
 def _half_window(example_ctx_len: str) -> int:
@@ -69,7 +70,7 @@ class HarvestArgs:
     "SPD runs: a component fires where its causal importance exceeds this."
     latent_parallel: bool = False
     "Under torchrun: every rank reads every batch and keeps latents [r L/N, (r+1) L/N) (state memory / N, forward x N)."
-    firings_per_token: int = 256
+    firings_per_token: int = FIRINGS_PER_TOKEN
     "Non-TopK dictionaries: firings kept per token (the strongest); any excess is counted and reported at the end."
     pair_budget_mb: int = 1024
     "Above this size the token and co-occurrence tables switch from dense to bounded sketches."
