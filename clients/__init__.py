@@ -5,8 +5,9 @@
     await client.aclose()
 
 Every client bounds and adapts its concurrency, retries transient failures
-with jittered backoff (honouring retry-after), opens a circuit breaker when
-the server keeps failing, keeps a cost ledger with an optional dollar cap,
+with jittered backoff (honouring retry-after), pauses behind a circuit
+breaker while the server keeps failing, learns what the model accepts
+(clients.capabilities), keeps a cost ledger with an optional dollar cap,
 and returns a classified error instead of raising for a per-request failure.
 
 The names below are loaded on first use (PEP 562), so `import clients.errors`
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from clients.anthropic import AnthropicWire
     from clients.base import ERROR_CODES, Client, CompletionRequest, CompletionResponse
     from clients.config import AdaptivePolicy, CircuitPolicy, ModelPrice, Prices, RetryPolicy, Timeouts
-    from clients.errors import ClientConfigError
+    from clients.errors import ClientConfigError, ClientStopped
     from clients.factory import PROVIDERS, make_client
     from clients.http_client import HTTPClient
     from clients.keys import read_key
@@ -36,7 +37,7 @@ _HOMES = {
     "ERROR_CODES": "base", "Client": "base", "CompletionRequest": "base", "CompletionResponse": "base",
     "AdaptivePolicy": "config", "CircuitPolicy": "config", "ModelPrice": "config", "Prices": "config",
     "RetryPolicy": "config", "Timeouts": "config",
-    "ClientConfigError": "errors",
+    "ClientConfigError": "errors", "ClientStopped": "errors",
     "PROVIDERS": "factory", "make_client": "factory",
     "HTTPClient": "http_client",
     "read_key": "keys",
@@ -48,7 +49,7 @@ _HOMES = {
 "Public name -> the clients module that defines it."
 
 __all__ = [
-    "ERROR_CODES", "PROVIDERS", "AdaptivePolicy", "CircuitPolicy", "Client", "ClientConfigError",
+    "ERROR_CODES", "PROVIDERS", "AdaptivePolicy", "CircuitPolicy", "Client", "ClientConfigError", "ClientStopped",
     "CompletionRequest", "CompletionResponse", "CostLedger", "HTTPClient", "ModelPrice", "Prices", "RetryPolicy",
     "RunSummary", "Timeouts", "Usage", "make_client", "run_requests",
 ]

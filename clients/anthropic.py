@@ -4,20 +4,21 @@ Body layout, so that everything shared is cached once and read at 10 % price:
   system   [text block, cache_control]             instructions shared by all requests
   messages [user: prefix block (cache_control), prompt block]
   output_config.format = {type: json_schema, schema}  when a schema is given
-`temperature` is sent until a model rejects it (newer models return 400 for
-non-default sampling parameters); the client then drops it and resends.
+`temperature` is sent only to models that take it (clients.capabilities: Claude
+from 4.7 on rejects sampling parameters with a 400); a 400 naming a sampling
+field teaches the client to drop it, and the request is rebuilt and resent.
 Anthropic returns no logprobs: asking for them is a configuration error.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import msgspec
 
-from clients.backoff import retry_after_s
+from clients.backoff import account_exhausted, retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, StopReason
+from clients.capabilities import CapabilityStore, refused_field
 from clients.config import ModelPrice, Prices
 from clients.errors import ClientConfigError
 from clients.keys import Secret, redact
@@ -25,7 +26,6 @@ from clients.structured import UNDECODABLE, decode_output
 from clients.usage import Usage
 from clients.verdict import Verdict, http_verdict
 
-log = logging.getLogger("clients")
 API_VERSION = "2023-06-01"
 
 STOP_REASONS: dict[str, StopReason] = {
@@ -78,7 +78,8 @@ _decode_error = msgspec.json.Decoder(_ErrorBody).decode
 
 
 class AnthropicWire:
-    def __init__(self, model: str, base_url: str, key: Secret | None, prices: Prices, cache_ttl: str = "5m"):
+    def __init__(self, model: str, base_url: str, key: Secret | None, prices: Prices, cache_ttl: str = "5m",
+                 caps: CapabilityStore | None = None):
         if cache_ttl not in ("5m", "1h"):
             raise ClientConfigError(f"cache_ttl must be '5m' or '1h', got {cache_ttl!r}")
         self.model = model
@@ -87,7 +88,7 @@ class AnthropicWire:
         self.prices = prices
         self.price: ModelPrice | None = prices.lookup(model)
         self.cache_ttl = cache_ttl
-        self.send_temperature = True
+        self.caps = caps or CapabilityStore(model)
 
     def session_headers(self) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION}
@@ -101,7 +102,7 @@ class AnthropicWire:
         if request.logprobs or request.prompt_logprobs:
             raise ClientConfigError("Anthropic models return no logprobs: use an openai-compatible server (vLLM) for "
                                     "logprob-based scoring, or set logprobs=0")
-        return params_body(request, self.model, self.cache_ttl, self.send_temperature)
+        return params_body(request, self.model, self.cache_ttl, self.caps.caps.drop)
 
     def estimate_usd(self, request: CompletionRequest, payload_bytes: int) -> float:
         if self.price is None:
@@ -111,7 +112,8 @@ class AnthropicWire:
 
     # ------------------------------------------------------------------ reply
 
-    def interpret(self, request: CompletionRequest, status: int, headers: Mapping[str, str], raw: bytes) -> Verdict:
+    def interpret(self, request: CompletionRequest, status: int, headers: Mapping[str, str], raw: bytes,
+                  sent: dict | None = None) -> Verdict:
         request_id = headers.get("request-id", "")
         if status == 200:
             try:
@@ -131,11 +133,11 @@ class AnthropicWire:
             return Verdict(kind="fatal", error="spend_limit", health="neutral", detail=detail, request_id=request_id)
         if status == 402:
             return Verdict(kind="fatal", error="spend_limit", health="neutral", detail=detail, request_id=request_id)
-        if status == 400 and self.send_temperature and "temperature" in err.error.message:
-            self.send_temperature = False
-            log.info("%s rejects `temperature`; sending requests without it", self.model)
+        field = refused_field(err.error.message, {"temperature": 0}) if status == 400 else None
+        if field is not None:  # learned (or learned by another request meanwhile): rebuild without it
+            self.caps.learn_drop(field)
             return Verdict(kind="resend", error="http_400", health="neutral", detail=detail, request_id=request_id)
-        return http_verdict(status, retry_after, detail, err.request_id or request_id)
+        return http_verdict(status, retry_after, detail, err.request_id or request_id, account_exhausted(headers))
 
     def response(self, request: CompletionRequest, message: Message, batch: bool = False) -> CompletionResponse:
         """A CompletionResponse from a Messages reply (also used for Message Batches results)."""
@@ -169,8 +171,8 @@ class AnthropicWire:
                      cache_creation_input_tokens=write, cost_usd=cost)
 
 
-def params_body(request: CompletionRequest, model: str, cache_ttl: str = "5m", temperature: bool = True) -> dict:
-    """Messages API params for one request (the `params` of a batch entry too)."""
+def params_body(request: CompletionRequest, model: str, cache_ttl: str = "5m", drop: Collection[str] = ()) -> dict:
+    """Messages API params for one request (the `params` of a batch entry too), without the fields in `drop`."""
     cache = {"type": "ephemeral"} if cache_ttl == "5m" else {"type": "ephemeral", "ttl": cache_ttl}
     content = []
     if request.prefix:
@@ -183,6 +185,6 @@ def params_body(request: CompletionRequest, model: str, cache_ttl: str = "5m", t
         body["system"] = [{"type": "text", "text": request.system, "cache_control": cache}]
     if request.schema is not None:
         body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema}}
-    if temperature:
+    if "temperature" not in drop:
         body["temperature"] = request.temperature
     return body

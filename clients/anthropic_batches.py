@@ -17,7 +17,11 @@ cache). Steps, each persisted in the state file before the next:
    joined on custom_id and handed to `on_result` for the requests of this
    call only, then the batch is marked done.
 So a restart never submits a request twice, and every request passed in gets
-exactly one response. Batch custom_ids must match ^[a-zA-Z0-9_-]{1,64}$; ours
+exactly one response. Params are built from the model's capabilities at
+submit time (clients.capabilities); an item that errors because the model
+rejects a field it was sent (e.g. `temperature`) teaches the client to drop it,
+and such items are submitted once more in a new batch instead of failing.
+Batch custom_ids must match ^[a-zA-Z0-9_-]{1,64}$; ours
 like "explain:blocks.2.hook_resid_post/17" are mapped to a readable safe form
 plus a hash (`batch_custom_id`). The state file and its records live in
 clients.batch_state (re-exported here); this module is the runner.
@@ -32,19 +36,30 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import aiohttp
 import msgspec
 from tqdm import tqdm
 
-from clients.anthropic import AnthropicWire, Message, params_body
+from clients.anthropic import AnthropicWire, params_body
 from clients.backoff import backoff_s, retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, failed
 from clients.batch_state import BatchRecord, BatchState, PendingCreate, batch_custom_id, load_state, save_state
+from clients.batch_wire import (
+    ERROR_TYPES,
+    BatchList,
+    BatchObject,
+    ErrorBody,
+    ErrorInner,
+    Result,
+    ResultLine,
+    shaped,
+    unix_time,
+)
+from clients.capabilities import refused_field
 from clients.errors import ClientConfigError
-from clients.http_client import HTTPClient
+from clients.http_client import HTTPClient, scrub
 from clients.keys import redact
 from clients.runner import RunSummary
 from clients.structured import UNDECODABLE
@@ -55,14 +70,6 @@ __all__ = ["BatchPolicy", "BatchRecord", "BatchRunner", "BatchState", "PendingCr
 
 log = logging.getLogger("clients")
 _encode = msgspec.json.Encoder().encode
-ERROR_TYPES = {
-    "invalid_request_error": "http_400", "authentication_error": "http_401", "billing_error": "http_402",
-    "permission_error": "http_403", "not_found_error": "http_404", "request_too_large": "http_413",
-    "rate_limit_error": "rate_limited", "api_error": "server_error", "overloaded_error": "overloaded",
-    "timeout_error": "timeout",
-}
-
-
 @dataclass(frozen=True)
 class BatchPolicy:
     """How batches are cut and watched."""
@@ -75,48 +82,6 @@ class BatchPolicy:
     "Encoded size per batch, under the API's 256 MB."
     adopt_skew_s: float = 300.0
     "Clock skew allowed when matching a batch to an interrupted create (server created_at vs our clock)."
-
-
-class _BatchObject(msgspec.Struct):
-    id: str
-    processing_status: str
-    request_counts: dict[str, int] = {}
-    created_at: str = ""
-    results_url: str | None = None
-
-
-class _BatchList(msgspec.Struct):
-    data: list[_BatchObject] = []
-
-
-class _ErrorInner(msgspec.Struct):
-    type: str = ""
-    message: str = ""
-
-
-class _ErrorBody(msgspec.Struct):
-    error: _ErrorInner = msgspec.field(default_factory=_ErrorInner)
-
-
-class _Result(msgspec.Struct):
-    type: str
-    message: Message | None = None
-    error: _ErrorBody | None = None
-
-
-class _ResultLine(msgspec.Struct):
-    custom_id: str
-    result: _Result
-
-
-def _shaped(data, type_):
-    """A decoded 200 body as `type_`; a body of another shape is a one-line error, not a traceback."""
-    try:
-        return msgspec.convert(data, type_)
-    except msgspec.ValidationError as e:
-        raise ClientConfigError(f"the Message Batches API answered with an unexpected body ({e}) -- check "
-                                "--base-url points at the Anthropic API; rerun to resume (submitted batches are in "
-                                "the state file)") from None
 
 
 class BatchRunner:
@@ -133,6 +98,9 @@ class BatchRunner:
         self.policy = policy
         self.state = load_state(self.path)
         self.session: aiohttp.ClientSession | None = None
+        self.resubmit: list[tuple[str, CompletionRequest]] = []
+        "Items whose result errored on a field the model rejects, to submit again without it."
+        self.resubmitted: set[str] = set()
 
     # ------------------------------------------------------------------ HTTP with retries (control plane)
 
@@ -158,9 +126,9 @@ class BatchRunner:
                         except UNDECODABLE:  # a garbled 200 (proxy page, cut body): transient, like a dropped read
                             raise aiohttp.ClientPayloadError("undecodable 200 body") from None
                     try:
-                        err = msgspec.json.decode(body, type=_ErrorBody).error
+                        err = msgspec.json.decode(body, type=ErrorBody).error
                     except UNDECODABLE:
-                        err = _ErrorInner(message=redact(body.decode("utf-8", "replace"))[:200])  # redact, then cut
+                        err = ErrorInner(message=redact(body.decode("utf-8", "replace"))[:200])  # redact, then cut
                     verdict = http_verdict(resp.status, retry_after_s(resp.headers), f"{err.type}: {err.message}",
                                            resp.headers.get("request-id", ""))
                     if verdict.kind != "retry":
@@ -187,9 +155,9 @@ class BatchRunner:
         if pending is None:
             return
         known = {b.id for b in self.state.batches}
-        listing = _shaped(await self.call("GET", self.root + "/batches?limit=100"), _BatchList)
+        listing = shaped(await self.call("GET", self.root + "/batches?limit=100"), BatchList)
         matches = [b for b in listing.data if b.id not in known
-                   and _unix(b.created_at) >= pending.started_at - self.policy.adopt_skew_s
+                   and unix_time(b.created_at) >= pending.started_at - self.policy.adopt_skew_s
                    and sum(b.request_counts.values()) == len(pending.custom_ids)]
         if len(matches) > 1:
             raise ClientConfigError(f"{self.path}: an interrupted batch create matches {len(matches)} recent batches "
@@ -205,14 +173,14 @@ class BatchRunner:
     async def submit(self, items: list[tuple[str, CompletionRequest]]) -> str:
         """Create one batch for `items` ((batch id, request) pairs), intent first."""
         entries = [{"custom_id": bid, "params": params_body(r, self.wire.model, self.wire.cache_ttl,
-                                                             self.wire.send_temperature)} for bid, r in items]
+                                                             self.wire.caps.caps.drop)} for bid, r in items]
         payload = _encode({"requests": entries})
         for attempt in range(1, self.client.retry.max_attempts + 1):
             self.state.pending = PendingCreate(started_at=time.time(), custom_ids=[bid for bid, _ in items])
             save_state(self.path, self.state)
             try:
-                created = _shaped(await self.call("POST", self.root + "/batches", payload, idempotent=False),
-                                          _BatchObject)
+                created = shaped(await self.call("POST", self.root + "/batches", payload, idempotent=False),
+                                          BatchObject)
             except _CreateUncertain as e:
                 await self.adopt_pending()
                 adopted = [b for b in self.state.batches if b.custom_ids == [bid for bid, _ in items] and not b.done]
@@ -238,7 +206,7 @@ class BatchRunner:
     async def results(self, record: BatchRecord, url: str, wanted: dict[str, CompletionRequest],
                       deliver: Callable[[CompletionResponse], Awaitable[None]]) -> None:
         """Stream a finished batch's JSONL results, deliver those still wanted, then mark the batch done."""
-        decode = msgspec.json.Decoder(_ResultLine).decode
+        decode = msgspec.json.Decoder(ResultLine).decode
         seen: set[str] = set()  # survives a restarted download, so nothing is delivered twice
 
         async def handle(line: bytes) -> None:
@@ -252,7 +220,10 @@ class BatchRunner:
             request = wanted.get(item.custom_id)
             if request is not None and item.custom_id not in seen:
                 seen.add(item.custom_id)
-                await deliver(self.to_response(request, item.result))
+                if self.learned_from(item.custom_id, item.result):
+                    self.resubmit.append((item.custom_id, request))
+                else:
+                    await deliver(self.to_response(request, item.result))
 
         async def consume(resp: aiohttp.ClientResponse) -> None:
             tail = b""
@@ -269,9 +240,22 @@ class BatchRunner:
         record.done = True
         save_state(self.path, self.state)
 
-    def to_response(self, request: CompletionRequest, result: _Result) -> CompletionResponse:
+    def learned_from(self, bid: str, result: Result) -> bool:
+        """True when an errored item names a field the model rejects (now dropped) and was not resubmitted yet."""
+        if result.type != "errored" or result.error is None or bid in self.resubmitted:
+            return False
+        if result.error.error.type != "invalid_request_error":
+            return False
+        field = refused_field(result.error.error.message, {"temperature": 0})
+        if field is None:
+            return False
+        self.wire.caps.learn_drop(field)
+        self.resubmitted.add(bid)
+        return True
+
+    def to_response(self, request: CompletionRequest, result: Result) -> CompletionResponse:
         if result.type == "succeeded" and result.message is not None:
-            return self.wire.response(request, result.message, batch=True)
+            return scrub(self.wire.response(request, result.message, batch=True))
         if result.type == "errored":
             etype = result.error.error.type if result.error else ""
             log.warning("%s: batch item errored: %s", request.custom_id,
@@ -286,13 +270,6 @@ class _CreateUncertain(Exception):
     def __init__(self, retry_after: float | None):
         super().__init__()
         self.retry_after = retry_after
-
-
-def _unix(rfc3339: str) -> float:
-    try:
-        return datetime.fromisoformat(rfc3339).timestamp()
-    except ValueError:
-        return 0.0
 
 
 async def run_batches(client: HTTPClient, requests: Iterable[CompletionRequest],
@@ -347,12 +324,17 @@ async def run_batches(client: HTTPClient, requests: Iterable[CompletionRequest],
         open_records = [b for b in runner.state.batches if not b.done and any(bid in wanted for bid in b.custom_ids)]
         while open_records:
             for record in list(open_records):
-                status = _shaped(await runner.call("GET", f"{runner.root}/batches/{record.id}"), _BatchObject)
+                status = shaped(await runner.call("GET", f"{runner.root}/batches/{record.id}"), BatchObject)
                 if status.processing_status == "ended":
                     url = status.results_url or f"{runner.root}/batches/{record.id}/results"
                     await runner.results(record, url, wanted, deliver)
                     client.ledger.release(reserved.pop(record.id, 0.0))
                     open_records.remove(record)
+                    if runner.resubmit:  # rebuilt without what the model rejected
+                        again, runner.resubmit = runner.resubmit, []
+                        for chunk in _chunks(again, runner.wire, policy):
+                            bid = await runner.submit(chunk)
+                            open_records.append(next(b for b in runner.state.batches if b.id == bid))
                 else:
                     bar.set_postfix(batch=record.id[-8:], **{k: v for k, v in status.request_counts.items() if v},
                                     refresh=True)

@@ -31,6 +31,20 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+_REMAINING = ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-tokens-remaining",
+              "anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-output-tokens-remaining",
+              "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
+
+
+def account_exhausted(headers: Mapping[str, str]) -> bool:
+    """Whether a reply's rate-limit headers say a bucket of the account is empty (remaining == 0)."""
+    for name in _REMAINING:
+        value = headers.get(name)
+        if value is not None and value.strip() in ("0", "0.0"):
+            return True
+    return False
+
+
 def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random = random._inst) -> float:
     """Wait after failed attempt number `attempt` (1-based): base * 2^(attempt-1), capped, jittered down."""
     step = min(policy.max_delay_s, policy.base_delay_s * 2.0 ** (attempt - 1))

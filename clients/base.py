@@ -84,6 +84,8 @@ ERROR_CODES = {
     "http_413": "request too large",
     "http_422": "unprocessable request",
     "spend_limit": "monthly spend cap or credits exhausted (stops the client)",
+    "unsupported_request": "the server refuses a parameter or format the request needs, in every shape the client "
+                           "knows (its message says which; structured output refused stops the client)",
     # retryable failures, after the last attempt
     "rate_limited": "429 until attempts ran out, or retry-after above the cap",
     "overloaded": "529 until attempts ran out",
@@ -91,7 +93,7 @@ ERROR_CODES = {
     "timeout": "connect or read timeout until attempts ran out",
     "connection": "connection refused or dropped until attempts ran out",
     # refused locally, nothing sent
-    "circuit_open": "too many recent failures; the breaker is open",
+    "circuit_open": "not sent: the server kept failing past the breaker's outage window (the client stopped)",
     "budget_exceeded": "max_cost reached",
     # batches
     "canceled": "batch request canceled",

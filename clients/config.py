@@ -29,12 +29,17 @@ class RetryPolicy:
     "Smallest wait after a response that carried retry-after."
     max_elapsed_s: float = 1800.0
     "Give up on an item when the next retry would start later than this after its first attempt."
+    read_timeout_retries: int = 1
+    """Resends after a read timeout (the server went silent past Timeouts.read_s). The server may still be
+    computing the request, so each resend can make a serial local server do the work again: 0 never resends."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"RetryPolicy.jitter must be in [0, 1], got {self.jitter}")
+        if self.read_timeout_retries < 0:
+            raise ValueError(f"RetryPolicy.read_timeout_retries must be >= 0, got {self.read_timeout_retries}")
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,11 @@ class Timeouts:
 
     connect_s: float = 10.0
     "Opening the TCP/TLS connection (not the wait for a free pooled connection)."
-    read_s: float = 120.0
-    "Longest silence while waiting for the response headers or between body chunks."
-    total_s: float = 600.0
+    read_s: float = 600.0
+    """Longest silence while waiting for the response headers or between body chunks. Long by default (as
+    the Anthropic SDK's 10 minutes): a non-streamed reply is silent until it is done, and a serial local
+    server answers a queued request only after the ones before it."""
+    total_s: float = 1800.0
     "Whole attempt, connect to last byte."
 
 
@@ -61,8 +68,8 @@ class AdaptivePolicy:
     overload_window: int = 50
     "Recent replies over which the overload share is measured."
     overload_share: float = 0.2
-    """Shrink only when at least this share of recent replies were overloads (529, 503, 429 without
-    retry-after): a storm is a signal, a scattered 529 is retried without shrinking the window."""
+    """Shrink only when at least this share of recent replies were overloads (529, 503, 429): a storm is a
+    signal, a scattered 529 or 429 is retried (that request alone waiting) without shrinking the window."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +82,14 @@ class CircuitPolicy:
     "The breaker never opens on fewer remembered attempts than this."
     error_rate: float = 0.5
     "Opens when this share of remembered attempts failed (5xx, 529, timeout, dropped connection)."
-    cooldown_s: float = 30.0
-    "Open time; then one probe request is let through, and its outcome closes or reopens the breaker."
+    cooldown_s: float = 5.0
+    """Pause after the breaker opens (at least the failing reply's retry-after); then one probe request is
+    sent, and its outcome closes the breaker (every waiting request resumes) or reopens it."""
+    max_cooldown_s: float = 60.0
+    "Each failed probe doubles the pause, up to this."
+    max_outage_s: float = 600.0
+    """How long the breaker may stay open (no probe succeeding) before the client stops: every request still
+    waiting then fails as circuit_open (not sent; a rerun sends it) and `HTTPClient.stopped` says why."""
 
 
 @dataclass(frozen=True)

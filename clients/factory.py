@@ -6,7 +6,10 @@ environment variable its key is read from and whether that key is required.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from clients.anthropic import AnthropicWire
+from clients.capabilities import CapabilityStore
 from clients.config import AdaptivePolicy, CircuitPolicy, Prices, RetryPolicy, Timeouts
 from clients.errors import ClientConfigError
 from clients.http_client import HTTPClient
@@ -25,7 +28,7 @@ def make_client(provider: str, model: str, *, base_url: str | None = None, api_k
                 max_concurrent: int = 16, max_cost: float | None = None, prices: Prices | None = None,
                 timeouts: Timeouts = Timeouts(), retry: RetryPolicy = RetryPolicy(),
                 circuit: CircuitPolicy = CircuitPolicy(), adaptive: AdaptivePolicy = AdaptivePolicy(),
-                cache_ttl: str = "5m") -> HTTPClient:
+                cache_ttl: str = "5m", state_dir: str | Path | None = None) -> HTTPClient:
     """A client for `provider` ('anthropic' | 'openrouter' | 'openai-compatible') and `model`.
 
     base_url: API root; defaults to the provider's public endpoint. For 'openai-compatible' it is
@@ -36,6 +39,8 @@ def make_client(provider: str, model: str, *, base_url: str | None = None, api_k
     max_cost: dollar cap for this client; requests that could pass it fail with 'budget_exceeded'.
     timeouts, retry, circuit, adaptive: see clients.config (per-attempt limits, backoff, breaker, concurrency window).
     cache_ttl: Anthropic prompt-cache lifetime, '5m' or '1h' (use '1h' for long runs and batches).
+    state_dir: folder (the run folder) where what the client learns about the model is kept
+      (`capabilities.json`: fields it rejects, the structured-output shape it takes); None keeps it in memory.
     """
     if provider not in PROVIDERS:
         raise ClientConfigError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
@@ -48,14 +53,15 @@ def make_client(provider: str, model: str, *, base_url: str | None = None, api_k
                                 "or http://127.0.0.1:8080/v1 (llama.cpp)")
     key = read_key(api_key_env or default_env, required=required or api_key_env is not None)
     prices = prices or Prices()
+    caps = CapabilityStore(model, state_dir)
     if provider == "anthropic":
-        wire = AnthropicWire(model, url, key, prices, cache_ttl=cache_ttl)
+        wire = AnthropicWire(model, url, key, prices, cache_ttl=cache_ttl, caps=caps)
         if max_cost is not None and wire.price is None:
             raise ClientConfigError(f"no price for model {model!r}, so max_cost cannot be enforced: pass "
                                     f"prices=Prices(models={{{model!r}: ModelPrice(input=..., output=...)}})")
     else:
         if provider == "openai-compatible" and url.rstrip("/").count("/") == 2:  # scheme://host[:port] only
             url = url.rstrip("/") + "/v1"
-        wire = OpenAIWire(model, url, key, prices, openrouter=provider == "openrouter")
+        wire = OpenAIWire(model, url, key, prices, openrouter=provider == "openrouter", caps=caps)
     return HTTPClient(wire, max_concurrent=max_concurrent, max_cost=max_cost, timeouts=timeouts, retry=retry,
                       circuit=circuit, adaptive=adaptive)

@@ -5,7 +5,7 @@ An AIMD window in the style of TCP congestion control:
     trips acceleration limits) and grows by one per success, i.e. doubles
     per round trip, until the first overload;
   * after that, additive increase: +1/window per success (+1 per round trip);
-  * multiplicative decrease on overload (529, 503, 429 without retry-after)
+  * multiplicative decrease on overload (529, 503, 429)
     once overloads are a real share of recent replies (an isolated 529 is
     noise, a storm is a signal), at most once per round trip: only a request
     sent after the last decrease can trigger the next one.
@@ -17,8 +17,10 @@ Rate limits are handled by pacing and pausing, not by shrinking the window:
     admission) and admits only while it holds a token. Far from the limit
     this changes nothing; near it, requests are spaced at the refill rate
     instead of bursting into 429s, and capacity freed by a hiccup is used;
-  * a 429 with retry-after, or a reply whose token family (input/output
-    tokens) reads 0, stops every new admission until capacity is back.
+  * a 429 with retry-after whose rate-limit headers show an empty bucket
+    (the account is limited), or a reply whose token family (input/output
+    tokens) reads 0, stops every new admission until capacity is back; any
+    other 429 makes only its own request wait, and counts as an overload.
 """
 
 from __future__ import annotations

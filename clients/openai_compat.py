@@ -6,7 +6,14 @@ for Anthropic models behind it; as one string joined by a blank line on local
 servers). Structured output uses `response_format: {type: json_schema,
 json_schema: {name, strict, schema}}` (vLLM >= 0.12 and llama.cpp both read
 it; the removed vLLM `guided_json` field is never sent, as vLLM would ignore
-it silently). On OpenRouter, `provider.require_parameters` keeps requests
+it silently), or `{type: json_object, schema}` for servers that refuse
+json_schema (llama_cpp.server answers a 500 naming response_format): the
+shape is learned from the first refusal, once per client and model, and
+persisted (clients.capabilities). A 400/422/500 naming a field we sent as
+unsupported (a sampling field: dropped and resent; logprobs: not retried;
+both structured-output shapes refused: `unsupported_request`, which stops
+the client with the server's message) is never retried as a server error.
+On OpenRouter, `provider.require_parameters` keeps requests
 away from providers that would silently drop the schema or logprobs.
 
 Replies that are failures although the status is 200 (OpenRouter errors
@@ -25,8 +32,9 @@ from typing import Any
 
 import msgspec
 
-from clients.backoff import retry_after_s
+from clients.backoff import account_exhausted, retry_after_s
 from clients.base import CompletionRequest, CompletionResponse, StopReason
+from clients.capabilities import SAMPLING, CapabilityStore, refused_field, refuses_format
 from clients.config import ModelPrice, Prices
 from clients.errors import ClientConfigError
 from clients.keys import Secret, redact
@@ -117,8 +125,10 @@ _decode_error = msgspec.json.Decoder(_ErrorBody).decode
 
 
 class OpenAIWire:
-    def __init__(self, model: str, base_url: str, key: Secret | None, prices: Prices, openrouter: bool = False):
+    def __init__(self, model: str, base_url: str, key: Secret | None, prices: Prices, openrouter: bool = False,
+                 caps: CapabilityStore | None = None):
         self.model = model
+        self.caps = caps or CapabilityStore(model)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._key = key
         self.price: ModelPrice | None = prices.lookup(model)
@@ -151,11 +161,15 @@ class OpenAIWire:
                 messages.append({"role": "system", "content": request.system})
             user = "\n\n".join(t for t in (request.prefix, request.prompt) if t)
             messages.append({"role": "user", "content": user})
-        body: dict = {"model": self.model, "messages": messages, "max_tokens": request.max_tokens,
-                      "temperature": request.temperature}
+        body: dict = {"model": self.model, "messages": messages, "max_tokens": request.max_tokens}
+        if not self.caps.drops("temperature"):
+            body["temperature"] = request.temperature
         if request.schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": request.schema_name, "strict": True, "schema": request.schema}}
+            if self.caps.caps.response_format == "json_object":  # llama.cpp's shape
+                body["response_format"] = {"type": "json_object", "schema": request.schema}
+            else:
+                body["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": request.schema_name, "strict": True, "schema": request.schema}}
         if request.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = request.logprobs
@@ -172,11 +186,14 @@ class OpenAIWire:
 
     # ------------------------------------------------------------------ reply
 
-    def interpret(self, request: CompletionRequest, status: int, headers: Mapping[str, str], raw: bytes) -> Verdict:
+    def interpret(self, request: CompletionRequest, status: int, headers: Mapping[str, str], raw: bytes,
+                  sent: dict | None = None) -> Verdict:
+        """The verdict on one reply; `sent` is the body that was sent (default: the body built now)."""
         request_id = headers.get("x-generation-id", "") or headers.get("x-request-id", "")
         retry_after = retry_after_s(headers)
         if status != 200:
-            return self._error_status(status, raw, retry_after, request_id)
+            verdict = self._error_status(status, raw, retry_after, request_id, account_exhausted(headers))
+            return self._refused(verdict, status, sent if sent is not None else self.body(request))
         try:
             reply = _decode(raw)
         except UNDECODABLE as e:
@@ -197,7 +214,28 @@ class OpenAIWire:
                            request_id=request_id)
         return Verdict(kind="done", response=self.response(request, reply, choice, usage))
 
-    def _error_status(self, status: int, raw: bytes, retry_after: float | None, request_id: str) -> Verdict:
+    def _refused(self, verdict: Verdict, status: int, sent: dict) -> Verdict:
+        """A 400/422/500 that names something we sent as unsupported: resend without it, or stop retrying."""
+        if status not in (400, 422, 500) or verdict.kind == "fatal":
+            return verdict
+        message = verdict.detail
+        fmt = (sent.get("response_format") or {}).get("type")
+        field = refused_field(message, {k: v for k, v in sent.items() if k in SAMPLING})
+        if field is not None:
+            self.caps.learn_drop(field)
+            return msgspec.structs.replace(verdict, kind="resend", health="neutral")
+        if fmt is not None and refuses_format(message):
+            if self.caps.learn_format_refused(fmt):
+                return msgspec.structs.replace(verdict, kind="resend", health="neutral")
+            return msgspec.structs.replace(verdict, kind="fatal", error="unsupported_request", health="neutral",
+                                           overload=False)
+        if ("logprobs" in sent or "prompt_logprobs" in sent) and "logprob" in message and status == 500:
+            return msgspec.structs.replace(verdict, kind="fail", error="unsupported_request", health="neutral",
+                                           overload=False)
+        return verdict
+
+    def _error_status(self, status: int, raw: bytes, retry_after: float | None, request_id: str,
+                      account_limited: bool = False) -> Verdict:
         try:
             body = _decode_error(raw)
         except UNDECODABLE:
@@ -212,7 +250,7 @@ class OpenAIWire:
                 return Verdict(kind="retry", error="rate_limited", health="neutral", retry_after=retry_after,
                                detail=detail, request_id=request_id)
             return Verdict(kind="fatal", error="spend_limit", health="neutral", detail=detail, request_id=request_id)
-        return http_verdict(status, retry_after, detail, request_id)
+        return http_verdict(status, retry_after, detail, request_id, account_limited)
 
     def response(self, request: CompletionRequest, reply: ChatCompletion, choice: _Choice,
                  usage: Usage) -> CompletionResponse:

@@ -6,7 +6,11 @@ sleeping in backoff do not leave HTTP slots idle; the client's own limiter
 bounds what is on the wire), and calls `on_result` once per request, in
 completion order. Every request yields exactly one response: a failure is a
 response with `error` set, never a lost item. A duplicate `custom_id` is a
-ClientConfigError raised before that request is sent.
+ClientConfigError raised before that request is sent. When the client stopped
+sending (`client.stopped`: an outage past the breaker's window, a fatal
+error), `ClientStopped` is raised after the last response was handed over,
+with the reason, the last server message and the count not sent, so a
+command line ends with that one line and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import msgspec
 from tqdm import tqdm
 
 from clients.base import Client, CompletionRequest, CompletionResponse
-from clients.errors import ClientConfigError
+from clients.errors import ClientConfigError, ClientStopped
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -38,8 +42,10 @@ class RunSummary(msgspec.Struct, kw_only=True):
 
 async def run_requests(client: Client, requests: Iterable[CompletionRequest] | AsyncIterable[CompletionRequest],
                        on_result: Callable[[CompletionResponse], None | Awaitable[None]], progress: bool = True,
-                       total: int | None = None, window: int | None = None, desc: str = "requests") -> RunSummary:
-    """Complete every request with `client`; `on_result(response)` (sync or async) as each finishes."""
+                       total: int | None = None, window: int | None = None, desc: str = "requests",
+                       raise_on_stop: bool = True) -> RunSummary:
+    """Complete every request with `client`; `on_result(response)` (sync or async) as each finishes. With
+    `raise_on_stop` (default) a client that stopped sending raises ClientStopped once all are delivered."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     window = window or 4 * getattr(client, "max_concurrent", 16)
@@ -47,7 +53,7 @@ async def run_requests(client: Client, requests: Iterable[CompletionRequest] | A
         total = len(requests)  # type: ignore[arg-type]
     seen: set[str] = set()
     failures: Counter[str] = Counter()
-    completed = succeeded = 0
+    completed = succeeded = not_sent = 0
     cost = 0.0
     bar = tqdm(total=total, desc=desc, unit="req", disable=not progress, dynamic_ncols=True)
     pending: set[asyncio.Task] = set()
@@ -79,6 +85,7 @@ async def run_requests(client: Client, requests: Iterable[CompletionRequest] | A
                     succeeded += 1
                 else:
                     failures[response.error] += 1
+                    not_sent += response.attempts == 0
                 bar.update(1)
                 if failures:
                     bar.set_postfix(cost=f"${cost:.4f}", failed=sum(failures.values()), refresh=False)
@@ -90,8 +97,17 @@ async def run_requests(client: Client, requests: Iterable[CompletionRequest] | A
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         bar.close()
+    stopped = getattr(client, "stopped", None)
+    if stopped and raise_on_stop:
+        raise ClientStopped(f"{desc}: the client stopped: {stopped}; {not_sent} of {completed} requests not sent"
+                            f" (failures: {_codes(failures)}) -- rerun the same command to continue",
+                            not_sent=not_sent)
     return RunSummary(completed=completed, succeeded=succeeded, failures=dict(failures), cost_usd=cost,
                       wall_s=loop.time() - started)
+
+
+def _codes(failures: Counter[str]) -> str:
+    return ", ".join(f"{n} {code}" for code, n in failures.most_common())
 
 
 async def _aiter(requests):

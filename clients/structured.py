@@ -2,8 +2,10 @@
 
 Providers with native structured output return bare JSON; local servers
 without a grammar, or models asked without one, may wrap it in a ``` fence
-or a sentence. `decode_output` tries the bare text, then the fenced block,
-then the outermost {...} span, and checks the result with `schema_errors`
+or a sentence, and a grammar may let raw control characters (newlines, tabs)
+into strings, which strict JSON forbids. `decode_output` tries the bare text,
+then the fenced block, then the outermost {...} span, each strictly and then
+as `json.loads(strict=False)` reads it, and checks the result with `schema_errors`
 (the subset of JSON Schema that `provider_schema` emits, plus the usual
 numeric/length bounds).
 
@@ -14,6 +16,7 @@ required, `additionalProperties: false`.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -77,6 +80,10 @@ def _find_json(text: str) -> Any:
         try:
             return _decode(c.strip())
         except UNDECODABLE:
+            pass
+        try:  # raw newlines inside strings: what a grammar-constrained local server lets through
+            return json.loads(c.strip(), strict=False)
+        except (ValueError, RecursionError):
             continue
     return _MISSING
 

@@ -29,21 +29,30 @@ class Verdict(msgspec.Struct, kw_only=True):
     "Seconds the server asked to wait (retry-after / retry-after-ms)."
     health: Literal["ok", "failed", "neutral"] = "ok"
     overload: bool = False
-    "Shrink the concurrency window (529, 503, 429 without retry-after)."
+    "An overload signal for the concurrency window (529, 503, 429)."
     usage: Usage | None = None
     "Billed usage of a failed exchange, if the provider reported any."
     detail: str = ""
     "Server message for the log (redacted before logging)."
     request_id: str = ""
+    computing: bool = False
+    "A read timeout: the request was sent and the server may still be computing it."
+    account_limited: bool = False
+    "A 429 whose rate-limit headers say the account's bucket is empty: every request must wait, not just this one."
 
 
-def http_verdict(status: int, retry_after: float | None, detail: str, request_id: str) -> Verdict:
-    """Default reading of a non-200 status, shared by both wires (they special-case 400/402/429 first)."""
+def http_verdict(status: int, retry_after: float | None, detail: str, request_id: str,
+                 account_limited: bool = False) -> Verdict:
+    """Default reading of a non-200 status, shared by both wires (they special-case 400/402/429 first).
+
+    A 429 is an overload signal for the concurrency window (which shrinks only when they are a real share of
+    recent replies); the limiter pauses every request only when `account_limited`."""
     common = dict(retry_after=retry_after, detail=detail, request_id=request_id)
     if status in (401, 403):
         return Verdict(kind="fatal", error=f"http_{status}", health="neutral", **common)
     if status == 429:
-        return Verdict(kind="retry", error="rate_limited", health="neutral", overload=retry_after is None, **common)
+        return Verdict(kind="retry", error="rate_limited", health="neutral", overload=True,
+                       account_limited=account_limited, **common)
     if status == 408:
         return Verdict(kind="retry", error="timeout", health="failed", **common)
     if status == 409:

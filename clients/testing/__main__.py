@@ -1,7 +1,8 @@
 """The fake provider server's command line: `python -m clients.testing --port 8765 --wire anthropic`.
 
 Serves until interrupted and prints the base URL to give `make_client` for
-each wire format served; --fault-rate adds random 429/5xx/dropped replies.
+each wire format served; --fault-rate adds random 429/5xx/dropped replies,
+--storm PERIOD ON a 529 storm for ON seconds of every PERIOD.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import asyncio
 
 import clients.testing
-from clients.testing.faults import fault_mix
+from clients.testing.faults import Fault, fault_mix
 from clients.testing.server import FakeLLMServer
 
 
@@ -22,11 +23,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
     p.add_argument("--rate-limit", type=float, default=None, help="requests/s allowed (429 beyond)")
     p.add_argument("--fault-rate", type=float, default=0.0, help="share of requests given a random fault")
+    p.add_argument("--storm", type=float, nargs=2, metavar=("PERIOD_S", "ON_S"), default=None,
+                   help="answer every request with 529 for ON_S seconds of every PERIOD_S (an overload storm)")
     p.add_argument("--api-key", default=None, help="require this key (default: accept any)")
     p.add_argument("--openrouter", action="store_true", help="OpenRouter-shaped errors and usage.cost")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    server = FakeLLMServer(faults=fault_mix(a.fault_rate) if a.fault_rate else None, latency_s=a.latency,
+    faults = fault_mix(a.fault_rate) if a.fault_rate else []
+    if a.storm:
+        faults.insert(0, Fault.storm(529, period_s=a.storm[0], on_s=a.storm[1]))
+    server = FakeLLMServer(faults=faults, latency_s=a.latency,
                            rate_limit_rps=a.rate_limit, api_key=a.api_key, openrouter=a.openrouter, wire=a.wire,
                            port=a.port, seed=a.seed)
 

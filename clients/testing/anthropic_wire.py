@@ -7,7 +7,6 @@ read/creation counts; `AnthropicMessages` adds them to the shared simulation.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,6 +15,11 @@ from aiohttp import web
 
 from clients.testing.faults import Fault
 from clients.testing.simulation import ProviderSimulation, approx_tokens, encode
+
+
+def rejection(field: str) -> str:
+    """The 400 message of a model that refuses `field` (the wording of Claude 4.7's refusal of temperature)."""
+    return f"`{field}` is deprecated for this model."
 
 
 class AnthropicMessages(ProviderSimulation):
@@ -78,15 +82,19 @@ class AnthropicMessages(ProviderSimulation):
                 return self._anthropic_error(429, "rate_limit_error", "Number of requests has exceeded your rate "
                                              "limit", headers=headers)
         if kind == "status":
-            headers = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else None
+            headers = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else {}
+            headers.update(fault.headers)
             etype = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                     404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
                      529: "overloaded_error", 504: "timeout_error"}.get(fault.status, "api_error")
             return self._anthropic_error(fault.status, etype, fault.message or f"scripted {fault.status}", headers)
         if kind == "spend_limit":
             return self._anthropic_error(429, "rate_limit_error", "monthly spend limit reached",
                                          details={"error_code": "enforced_spend_limit_reached"})
-        await asyncio.sleep(max(0.0, self.latency_s - (time.monotonic() - arrived)))
+        rejected = self._rejected_field(body)
+        if rejected is not None:
+            return self._anthropic_error(400, "invalid_request_error", rejection(rejected))
+        await self._compute(arrived)
         headers = {"request-id": self._next_id("req"), **self._ratelimit_headers()}
         try:
             message = self._anthropic_message(body, fault)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 
-from clients.testing.anthropic_wire import AnthropicMessages
+from clients.testing.anthropic_wire import AnthropicMessages, rejection
 from clients.testing.faults import BATCH_FAULTS, CONTENT_FAULTS
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -72,9 +72,11 @@ class AnthropicBatches(AnthropicMessages):
                 result: dict = {"type": "canceled"}
             elif kind == "batch_expired":
                 result = {"type": "expired"}
-            elif kind == "batch_errored":
+            elif kind == "batch_errored" or self._rejected_field(item["params"]):
+                message = (rejection(self._rejected_field(item["params"])) if kind != "batch_errored"
+                           else "scripted batch item error")
                 result = {"type": "errored", "error": {"type": "error", "error": {
-                    "type": "invalid_request_error", "message": "scripted batch item error"}}}
+                    "type": "invalid_request_error", "message": message}}}
             else:
                 result = {"type": "succeeded", "message": self._anthropic_message(item["params"], fault, batch=True)}
             counts[result["type"]] += 1

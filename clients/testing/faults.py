@@ -7,10 +7,11 @@ server hands each incoming request the first live fault that matches it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-CONTENT_FAULTS = {"refusal", "max_tokens", "truncate", "wrong_schema", "bad_json"}
+CONTENT_FAULTS = {"refusal", "max_tokens", "truncate", "wrong_schema", "bad_json", "raw_newlines"}
 BATCH_FAULTS = {"batch_errored", "batch_canceled", "batch_expired", "batch_missing"}
 
 
@@ -21,7 +22,8 @@ class Fault:
 
     kind: str
     """HTTP: status | spend_limit | credits | in_flight_budget | error_200 | stall | drop | disconnect;
-    content: refusal | max_tokens | truncate | wrong_schema | bad_json; batch items: batch_errored |
+    content: refusal | max_tokens | truncate | wrong_schema | bad_json | raw_newlines (escaped newlines in
+    the reply's JSON strings sent raw, as a grammar-constrained local server does); batch items: batch_errored |
     batch_canceled | batch_expired | batch_missing (no result line). status, drop and disconnect also
     apply to batch creation (drop: the batch is made, the reply lost)."""
     status: int = 500
@@ -42,18 +44,38 @@ class Fault:
     "OpenRouter error.metadata.error_type for kind='error_200'."
     message: str = ""
     "Error message for kind='status' (default 'scripted <status>')."
+    headers: dict[str, str] = field(default_factory=dict)
+    "Extra reply headers for kind='status' (e.g. a rate-limit bucket reading 0)."
+    period_s: float = 0.0
+    "With on_s: the fault is live only during the first on_s seconds of every period_s (a storm), from its first use."
+    on_s: float = 0.0
     used: int = field(default=0, init=False)
+    _t0: float | None = field(default=None, init=False, repr=False)
+
+    def live(self) -> bool:
+        """Inside its storm window (always, for a fault without one)."""
+        if not self.period_s:
+            return True
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        return (now - self._t0) % self.period_s < self.on_s
 
     @classmethod
-    def http(cls, status: int, retry_after: float | None = None, **kw: Any) -> "Fault":
+    def http(cls, status: int, retry_after: float | None = None, **kw: Any) -> Fault:
         return cls("status", status=status, retry_after=retry_after, **kw)
 
     @classmethod
-    def stall(cls, seconds: float, after_headers: bool = False, **kw: Any) -> "Fault":
+    def stall(cls, seconds: float, after_headers: bool = False, **kw: Any) -> Fault:
         return cls("stall", seconds=seconds, after_headers=after_headers, **kw)
 
     @classmethod
-    def of(cls, kind: str, **kw: Any) -> "Fault":
+    def storm(cls, status: int = 529, period_s: float = 12.0, on_s: float = 5.0, **kw: Any) -> Fault:
+        """Every request gets `status` during the first `on_s` seconds of each `period_s` (from the first request)."""
+        return cls("status", status=status, times=0, period_s=period_s, on_s=on_s, **kw)
+
+    @classmethod
+    def of(cls, kind: str, **kw: Any) -> Fault:
         return cls(kind, **kw)
 
 

@@ -7,7 +7,6 @@ token / prompt logprobs (prompt_logprobs is vLLM's extension).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -35,6 +34,17 @@ class OpenAIChat(ProviderSimulation):
             error = {"message": message, "type": "BadRequestError" if status < 500 else "InternalServerError",
                      "param": None, "code": status}
         return web.json_response({"error": error}, status=status, headers=headers)
+
+    def _refusal(self, body: dict) -> web.Response | None:
+        """A field this model refuses (400), or llama_cpp.server's 500 for response_format json_schema."""
+        rejected = self._rejected_field(body)
+        if rejected is not None:
+            return self._openai_error(400, f"Unsupported parameter: '{rejected}' is not supported with this model.")
+        if self.llama_cpp and (body.get("response_format") or {}).get("type") not in (None, "text", "json_object"):
+            # llama_cpp.server 0.3.x: pydantic's literal check, raised as a 500
+            return self._openai_error(500, "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
+                                      "  Input should be 'text' or 'json_object' [type=literal_error]")
+        return None
 
     def _logprobs(self, text: str, k: int) -> dict:
         pieces = [text[i : i + 4] for i in range(0, len(text), 4)] or [""]
@@ -71,13 +81,17 @@ class OpenAIChat(ProviderSimulation):
                 return self._openai_error(429, "rate limited", headers={"Retry-After": f"{wait:.3f}"})
         ra = {"Retry-After": str(fault.retry_after)} if fault and fault.retry_after is not None else None
         if kind == "status":
-            return self._openai_error(fault.status, fault.message or f"scripted {fault.status}", ra)
+            return self._openai_error(fault.status, fault.message or f"scripted {fault.status}",
+                                      {**(ra or {}), **fault.headers})
         if kind in ("credits", "spend_limit"):
             return self._openai_error(402, "Insufficient credits", metadata={"limit_source": "openrouter_credits"})
         if kind == "in_flight_budget":
             return self._openai_error(402, "in-flight budget exhausted", ra, metadata={
                 "limit_source": "openrouter_in_flight_budget", "reason": "in_flight_budget_exhausted"})
-        await asyncio.sleep(max(0.0, self.latency_s - (time.monotonic() - arrived)))
+        refused = self._refusal(body)
+        if refused is not None:
+            return refused
+        await self._compute(arrived)
         if kind == "error_200":  # an error raised mid-generation: HTTP 200, error in the body
             return web.json_response({"id": self._next_id("gen"), "model": body.get("model", ""), "error": {
                 "code": 502, "message": "provider error", "metadata": {"error_type": fault.error_type}},

@@ -11,7 +11,6 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -56,7 +55,7 @@ class FakeLLMServer(AnthropicBatches, OpenAIChat):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "FakeLLMServer":
+    async def __aenter__(self) -> FakeLLMServer:
         self._closing = asyncio.Event()
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -68,14 +67,14 @@ class FakeLLMServer(AnthropicBatches, OpenAIChat):
         self.base_url = f"http://127.0.0.1:{self.port}"
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._closing is not None:
             self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
-    def start_in_thread(self) -> "FakeLLMServer":
+    def start_in_thread(self) -> FakeLLMServer:
         """Serve from a background thread (for code under test that runs its own event loop or a subprocess)."""
         ready = threading.Event()
         failure: list[BaseException] = []

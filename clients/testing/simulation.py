@@ -53,13 +53,18 @@ class ProviderSimulation:
     def __init__(self, responder: Responder | None = None, faults: list[Fault] | None = None, latency_s: float = 0.0,
                  rate_limit_rps: float | None = None, *, rate_limit_burst: float | None = None,
                  api_key: str | None = None, cache_min_tokens: int = 0, thinking_block: bool = False,
-                 openrouter: bool = False, batch_polls: int = 1, wire: str = "both", port: int = 0, seed: int = 0):
+                 openrouter: bool = False, batch_polls: int = 1, wire: str = "both", port: int = 0, seed: int = 0,
+                 reject_fields: tuple[str, ...] = (), llama_cpp: bool = False, serial: bool = False):
         """latency_s: time from a request's arrival to its reply (error replies are immediate).
         rate_limit_rps: token-bucket limit on served completion requests (429 + retry-after beyond it;
         scripted error replies spend no budget); burst defaults to max(1, rps/10). api_key: when set,
         requests must carry it (else 401). cache_min_tokens: shortest prefix the cache keeps.
         thinking_block: put a thinking block before the text (Anthropic). openrouter: add usage.cost
-        and OpenRouter-shaped errors. batch_polls: status polls a batch stays in_progress."""
+        and OpenRouter-shaped errors. batch_polls: status polls a batch stays in_progress.
+        reject_fields: request fields the model refuses with a 400 (e.g. ('temperature',), as Claude from 4.7
+        on; batch items error). llama_cpp: answer as llama_cpp.server does (a 500 for response_format
+        json_schema; {type: json_object, schema} taken). serial: compute one completion at a time, as a
+        single-slot local server (a request waits for the ones before it; an abandoned one is still computed)."""
         if wire not in ("anthropic", "openai", "both"):
             raise ValueError(f"wire must be 'anthropic', 'openai' or 'both', got {wire!r}")
         self.responder = responder or default_responder
@@ -72,6 +77,10 @@ class ProviderSimulation:
         self.thinking_block = thinking_block
         self.openrouter = openrouter
         self.batch_polls = batch_polls
+        self.reject_fields = tuple(reject_fields)
+        self.llama_cpp = llama_cpp
+        self.serial = serial
+        self._slot: asyncio.Lock | None = None
         self.wire = wire
         self.port = port
         self.rng = random.Random(seed)
@@ -108,7 +117,7 @@ class ProviderSimulation:
                 continue
             if kinds is None and f.kind in BATCH_FAULTS:
                 continue
-            if (f.times and f.used >= f.times) or (f.match and f.match not in text):
+            if (f.times and f.used >= f.times) or (f.match and f.match not in text) or not f.live():
                 continue
             if f.probability < 1.0 and self.rng.random() >= f.probability:
                 continue
@@ -127,6 +136,21 @@ class ProviderSimulation:
             self._bucket -= 1.0
             return None
         return (1.0 - self._bucket) / self.rate_limit_rps
+
+    def _rejected_field(self, body: dict) -> str | None:
+        """The first field of `body` this model refuses (reject_fields), if any."""
+        return next((f for f in self.reject_fields if f in body), None)
+
+    async def _compute(self, arrived: float) -> None:
+        """The reply's latency from arrival; a serial server first waits for its one slot, then takes the whole
+        latency in it (a client that gave up meanwhile does not stop the computation)."""
+        if not self.serial:
+            await asyncio.sleep(max(0.0, self.latency_s - (time.monotonic() - arrived)))
+            return
+        if self._slot is None:
+            self._slot = asyncio.Lock()
+        async with self._slot:
+            await asyncio.sleep(self.latency_s)
 
     def _next_id(self, prefix: str) -> str:
         self._counter += 1
@@ -164,6 +188,8 @@ class ProviderSimulation:
             return "Sure! Here is the answer: " + text.replace("{", "(", 1), "end"
         if kind == "wrong_schema":
             return json.dumps({"unexpected": True}), "end"
+        if kind == "raw_newlines":
+            return text.replace("\\n", "\n"), "end"
         return text, "end"
 
     def _prompt_usage(self, body: dict) -> tuple[int, int, int, str]:

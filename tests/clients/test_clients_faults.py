@@ -24,7 +24,7 @@ from clients import (
     run_requests,
 )
 from clients.base import ERROR_CODES
-from clients.errors import ClientConfigError
+from clients.errors import ClientConfigError, ClientStopped
 from clients.structured import provider_schema
 from clients.testing import FakeLLMServer, Fault
 from engine.core.schemas import ExplanationOutput
@@ -61,7 +61,7 @@ async def run_script(wire, requests, server_kw=None, client_kw=None):
     async with FakeLLMServer(**(server_kw or {})) as server:
         client = make(wire, server, **(client_kw or {}))
         out = []
-        summary = await run_requests(client, requests, out.append, progress=False)
+        summary = await run_requests(client, requests, out.append, progress=False, raise_on_stop=False)
         await client.aclose()
         return server, client, out, summary
 
@@ -148,11 +148,12 @@ def test_client_errors_are_not_retried(wire, status):
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_failures_stop_the_client(wire, status):
     reqs = requests_(10)
-    server, _, out, summary = run(run_script(wire, reqs, {"faults": [Fault.http(status, times=0)]},
-                                             {"max_concurrent": 1}))
+    server, client, out, summary = run(run_script(wire, reqs, {"faults": [Fault.http(status, times=0)]},
+                                                  {"max_concurrent": 1}))
     accounted(reqs, out)
     assert summary.failures == {f"http_{status}": 10}
     assert len(server.requests_seen) == 1 and sum(r.attempts for r in out) == 1
+    assert f"http_{status}" in client.stopped and f"scripted {status}" in client.stopped  # the server's message
 
 
 def test_wrong_key_is_a_401_and_stops(monkeypatch):
@@ -206,30 +207,51 @@ def test_connection_refused_is_classified():
 # ---------------------------------------------------------------------------- breaker, budget, concurrency
 
 
-def test_circuit_breaker_opens_then_recovers():
-    policy = CircuitPolicy(window=10, min_attempts=6, error_rate=0.5, cooldown_s=0.3)
+def test_circuit_breaker_pauses_while_the_server_fails_then_resumes():
+    """An open breaker holds requests back (a few probes reach the server) and lets them all through once a
+    probe succeeds: nothing fails as circuit_open."""
+    policy = CircuitPolicy(window=10, min_attempts=6, error_rate=0.5, cooldown_s=0.1, max_cooldown_s=0.2)
     reqs = requests_(40)
 
     async def go():
         async with FakeLLMServer(faults=[Fault.http(500, times=0)]) as server:
             client = make("anthropic", server, circuit=policy, max_concurrent=2)
             out = []
-            await run_requests(client, reqs, out.append, progress=False)
-            seen_while_failing = len(server.requests_seen)
+            task = asyncio.ensure_future(run_requests(client, reqs, out.append, progress=False))
+            await asyncio.sleep(1.0)
+            seen_while_failing, done_while_failing = len(server.requests_seen), len(out)
             server.faults.clear()  # the server recovers
-            await asyncio.sleep(0.35)
-            probe = await client.complete(CompletionRequest(custom_id="probe", prompt="x"))
-            after = await client.complete(CompletionRequest(custom_id="after", prompt="x"))
+            summary = await task
             await client.aclose()
-            return out, seen_while_failing, probe, after, client
+            return out, seen_while_failing, done_while_failing, summary, client, server
 
-    out, seen, probe, after, client = run(go())
+    out, seen, done, summary, client, server = run(go())
     accounted(reqs, out)
-    codes = {r.error for r in out}
-    assert "circuit_open" in codes and codes <= {"server_error", "circuit_open"} and client.breaker.times_opened >= 1
-    assert seen < 40, "the breaker should have stopped most requests from being sent"
-    assert sum(r.attempts for r in out) == seen
-    assert probe.error is None and after.error is None and client.breaker.state == "closed"
+    assert summary.succeeded == 40 and client.breaker.times_opened >= 1 and client.breaker.state == "closed"
+    assert done == 0 and seen < 20, "while open, the breaker sends only probes (about one per pause)"
+    assert sum(r.attempts for r in out) == len(server.requests_seen)
+
+
+def test_sustained_failure_stops_the_run_with_the_server_message():
+    policy = CircuitPolicy(window=10, min_attempts=4, error_rate=0.5, cooldown_s=0.05, max_outage_s=0.5)
+    reqs = requests_(30)
+
+    async def go():
+        async with FakeLLMServer(faults=[Fault.http(500, times=0, message="backend pool exhausted")]) as server:
+            client = make("anthropic", server, circuit=policy, max_concurrent=2)
+            out = []
+            with pytest.raises(ClientStopped) as e:
+                await run_requests(client, reqs, out.append, progress=False)
+            await client.aclose()
+            return out, e.value
+
+    out, stopped = run(go())
+    accounted(reqs, out)
+    message = str(stopped)
+    assert "\n" not in message and "kept failing" in message and "backend pool exhausted" in message
+    not_sent = sum(r.attempts == 0 for r in out)
+    assert stopped.not_sent == not_sent >= 20 and f"{not_sent} of 30 requests not sent" in message
+    assert {r.error for r in out if r.attempts == 0} == {"circuit_open"}
 
 
 def test_max_cost_is_never_exceeded():

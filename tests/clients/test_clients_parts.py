@@ -244,8 +244,10 @@ def test_breaker_opens_on_error_rate_and_probes_after_cooldown():
     time.sleep(0.06)
     assert br.admit() == (None, True) and br.admit() == ("circuit_open", False)  # one probe at a time
     br.record(True, probe=True)
-    assert br.state == "open"
+    assert br.state == "open" and br.pause_s == pytest.approx(0.1)  # a failed probe doubles the pause
     time.sleep(0.06)
+    assert br.admit() == ("circuit_open", False)
+    time.sleep(0.05)
     assert br.admit() == (None, True)
     br.record(False, probe=True)
     assert br.state == "closed" and len(br.history) == 0 and br.admit() == (None, False)
@@ -276,3 +278,29 @@ def test_ledger_reservations_and_cap():
     assert CostLedger().reserve(1e9)
     with pytest.raises(ValueError, match="max_cost"):
         CostLedger(max_cost=-1)
+
+
+def test_breaker_honours_retry_after_and_wakes_every_waiter_when_a_probe_succeeds():
+    async def go():
+        br = CircuitBreaker(CircuitPolicy(window=4, min_attempts=2, error_rate=0.5, cooldown_s=0.05))
+        br.record(True)
+        br.record(True, retry_after=0.3)  # opens; the server asked for 0.3 s, longer than the cooldown
+        t0 = time.monotonic()
+        waiters = [asyncio.ensure_future(br.wait()) for _ in range(5)]
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop().result()
+        opened_for = time.monotonic() - t0
+        assert first == (None, True) and sum(w.done() for w in waiters) == 1  # one probe, the rest wait
+        br.record(False, probe=True)
+        rest = await asyncio.gather(*(w for w in waiters if not w.done()))
+        return opened_for, rest, br.state
+    opened_for, rest, state = asyncio.run(go())
+    assert 0.29 <= opened_for < 0.5 and rest == [(None, False)] * 4 and state == "closed"
+
+
+def test_breaker_stops_after_the_outage_window():
+    br = CircuitBreaker(CircuitPolicy(window=2, min_attempts=1, error_rate=0.5, cooldown_s=0.01, max_outage_s=0.05))
+    br.record(True)
+    time.sleep(0.06)
+    assert br.admit() == ("circuit_open", False) and br.fatal == "circuit_open" and "kept failing" in br.stopped
+    assert asyncio.run(br.wait()) == ("circuit_open", False)  # no waiting once stopped
