@@ -37,6 +37,8 @@ from engine.core.jsonl import UNDECODABLE, JsonlLog
 from engine.core.rundir import RunDir, primary
 from engine.core.schemas import ComponentData, Explanation, ScoreResult
 from engine.core.shards import family
+from engine.report.directions import Directions
+from engine.report.strata import stratum_groups
 
 PAGE_SIZE = 50
 "Rows per index page (static site and /api/latents)."
@@ -254,6 +256,7 @@ class RunData:
                             "needs >= 2 -- re-run the harvest")
         self.annotations = Annotations(self.dir)
         self.annotations.refresh()
+        self.directions = Directions(run.harvest, self.config)
         self.n_tokens = max(self.config.n_tokens, 1)
         self._row_dec = msgspec.json.Decoder(RowFields)
         self._comp_dec = msgspec.json.Decoder(ComponentData)
@@ -324,6 +327,11 @@ class RunData:
             hist_plot=histogram_plot(c.histogram, self.config.histogram_edges, self.config_path),
             corr_lists=[(name, getattr(c.correlations, name)) for name in ("precision", "recall", "pmi", "jaccard")],
             labels=labels,
+            decoder_neighbours=self.directions.neighbours(c.latent),
+            encoder_neighbours=self.directions.neighbours(c.latent, "encoder"),
+            has_page=self.directions.has_page,
+            logit_plot=histogram_plot(*lh) if (lh := self.directions.logit_histogram(c.latent)) else None,
+            strata=stratum_groups(c),
         )
 
     def index_page(self, table: LatentTable) -> dict:

@@ -1,6 +1,6 @@
 """Serve a run's report live from aiohttp on localhost.
 
-    python -m engine.serve RUN_DIR [--host 127.0.0.1] [--port 8000]
+    python -m engine.serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--allow-host NAME ...] [--device cpu]
 
 The pages are the static report's pages (`engine.report.render_latent` /
 `render_index`, same templates, same URLs), rendered on request; the index
@@ -12,8 +12,17 @@ table asks the server instead of reading chunk files:
                                         (q: words all found in label/search label/key;
                                          sort: latent|density|max_act|<scorer>:<metric>;
                                          dir: asc|desc; page: 0-based)
+                                        (an empty parameter means its default)
   GET /api/latents/<lat>                that latent's ComponentData line (JSON)
+  GET /api/live                         {"live": true, "max_chars", "max_tokens", "n_latents"}
+  POST /api/live  {"text", "latent"?}   the run's model and dictionaries on that text
+                                        (engine/report/live.py: tokens, the latent's activation
+                                        on each, the latents firing most)
   GET /assets/...                       CSS and JS
+
+Requests are answered only when their Host header names this server, every
+response carries a Content-Security-Policy and nosniff, and each bad request
+is one log line (engine/report/guard.py).
 
 Start-up reads only the scalar head of each components.jsonl line and remembers
 its byte offset; a page decodes its one line on request. Explanations and
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +43,10 @@ from tqdm import tqdm
 
 from engine.core.cli import RUN_DIR, parse_config
 from engine.core.errors import UserError
+from engine.report import guard
 from engine.report.data import PAGE_SIZE, ROW_FIELDS, LatentTable, RowFields, RunData, latent_href
+from engine.report.directions import component_keys
+from engine.report.live import LiveText
 from engine.report.site import ASSETS, render_index, render_latent
 
 MAX_PAGE_SIZE = 1000
@@ -82,6 +95,7 @@ class Viewer:
 
 
 VIEWER = web.AppKey("viewer", Viewer)
+LIVE = web.AppKey("live", LiveText)
 
 
 def _int(request: web.Request, name: str, default: int) -> int:
@@ -119,8 +133,8 @@ async def api_latents(request: web.Request) -> web.Response:
     v = request.app[VIEWER]
     v.refresh()
     q = request.query.get("q", "")
-    sort = request.query.get("sort", "latent")
-    direction = request.query.get("dir", "asc")
+    sort = request.query.get("sort") or "latent"
+    direction = request.query.get("dir") or "asc"
     if direction not in ("asc", "desc"):
         raise web.HTTPBadRequest(text=f"dir={direction!r} -- use asc or desc")
     page, page_size = _int(request, "page", 0), _int(request, "page_size", PAGE_SIZE)
@@ -144,25 +158,68 @@ async def api_latent(request: web.Request) -> web.Response:
     return web.Response(body=line.rstrip(b"\n"), content_type="application/json")
 
 
+async def live_info(request: web.Request) -> web.Response:
+    return web.json_response(request.app[LIVE].info())
+
+
+async def live_text(request: web.Request) -> web.Response:
+    live = request.app[LIVE]
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="send the text as JSON: {\"text\": ..., \"latent\": ...}")
+    if request.content_length is None or request.content_length > 8 * live.info()["max_chars"] + 256:
+        raise web.HTTPRequestEntityTooLarge(max_size=8 * live.info()["max_chars"] + 256, actual_size=request.content_length or 0,
+                                            text=f"the body must be JSON of at most {live.info()['max_chars']} characters of text")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body is not JSON -- send {\"text\": ..., \"latent\": ...}") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object {\"text\": ..., \"latent\": ...}")
+    try:
+        text, latent = live.check(body.get("text"), body.get("latent"))
+    except UserError as e:
+        raise web.HTTPBadRequest(text=str(e)) from None
+    if live.busy.locked():
+        raise web.HTTPTooManyRequests(text="another text is being computed -- try again in a moment")
+    async with live.busy:
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(None, live.compute, text, latent)
+        except UserError as e:
+            raise web.HTTPServiceUnavailable(text=str(e)) from None
+    labels = request.app[VIEWER].labels
+    out["top"] = [[*t, labels.get(t[0], "")] for t in out["top"]]
+    return web.json_response(out)
+
+
 async def root(request: web.Request) -> web.Response:
     raise web.HTTPFound("/index.html")
 
 
-def make_app(run_dir: Path) -> web.Application:
-    app = web.Application()
+def make_app(run_dir: Path, host: str = "127.0.0.1", allow_hosts: tuple[str, ...] = (), model_loader=None,
+             device: str = "cpu") -> web.Application:
+    """The viewer app; `host` is the address it will be bound to (Host headers are checked against it);
+    `model_loader(run_dir, device)` runs try-your-own-text (engine/report/live.py; engine.serve passes the harvest's)."""
+    app = web.Application(middlewares=[guard.middleware(guard.HostCheck(host, tuple(allow_hosts)))],
+                          client_max_size=1 << 16)
+    app.on_response_prepare.append(guard.security_headers)
     app[VIEWER] = Viewer(Path(run_dir))
+    run = app[VIEWER].run
+    app[LIVE] = LiveText(run.dir, run.config, component_keys(run.config), model_loader, device)
     app.router.add_get("/", root)
     app.router.add_get("/index.html", index)
     app.router.add_get("/latents/{shard}/{name}", latent_page)
     app.router.add_get("/api/latents", api_latents)
     app.router.add_get("/api/latents/{latent}", api_latent)
+    app.router.add_get("/api/live", live_info)
+    app.router.add_post("/api/live", live_text)
     app.router.add_static("/assets", ASSETS)
     return app
 
 
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving `app`; returns the runner (its `addresses` give the bound port when port=0)."""
-    runner = web.AppRunner(app)
+    guard.install_logging()
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -182,11 +239,18 @@ class ServeConfig:
     "Interface to listen on (default: this machine only)."
     port: int = 8000
     "TCP port (0 picks a free one)."
+    allow_host: tuple[str, ...] = ()
+    "Extra names the Host header may carry (e.g. the name a reverse proxy or another machine uses)."
+    device: str = "cpu"
+    "Where the model and dictionaries run for try-your-own-text (cpu, cuda, cuda:1)."
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, model_loader=None) -> None:
     pos, a = parse_config(ServeConfig, argv, prog="python -m engine.serve", doc=__doc__, positionals=[RUN_DIR])
-    app = make_app(pos.run_dir)
+    if not guard.is_loopback(a.host):
+        print(f"warning: --host {a.host} serves this run (its examples, labels and the model on typed text) to every "
+              "machine that can reach this one; use the default 127.0.0.1 unless that is what you want", file=sys.stderr)
+    app = make_app(pos.run_dir, a.host, a.allow_host, model_loader, a.device)
 
     async def run_forever() -> None:
         runner = await serve(app, a.host, a.port)

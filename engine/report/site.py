@@ -79,6 +79,17 @@ def esc(x) -> str:
     return html.escape(str(x))
 
 
+def public_name(s: str) -> str:
+    """A model, dataset or dictionary as a shared page shows it: a local path (absolute, home-relative or
+    existing here) becomes its last component; a hub name such as `org/model` stays whole."""
+    if not s:
+        return s
+    p = Path(s).expanduser()
+    if s.startswith(("/", "~", "./", "../", "\\")) or (len(s) > 1 and s[1] == ":") or p.exists():
+        return p.name or s
+    return s
+
+
 class _Memo(dict):
     """token string -> its markup, computed once per distinct token (vocabulary-sized)."""
 
@@ -127,16 +138,20 @@ def examples_html(examples: list[ActivationExample], max_act: float) -> Markup:
 
 
 def scored_table_html(caption: str, items: list[Scored], value_name: str, labels: dict[int, str] | None = None,
-                      counts: bool = True) -> Markup:
+                      counts: bool = True, has_page=None) -> Markup:
     """A ranked list as a table. With `labels` the entries are latents, linked to their pages
-    (from a latent page) and followed by their labels; otherwise they are tokens."""
+    (from a latent page) and followed by their labels; otherwise they are tokens. `has_page(latent)`,
+    when given, says which latents have a page (the others never fired and are not linked)."""
     head = f"<th>{'latent' if labels is not None else 'token'}</th><th>{esc(value_name)}</th>"
     head += '<th title="joint count (or probability mass)">n</th>' if counts else ""
     rows = []
     for s in items:
         if labels is not None:
             lab = esc(labels.get(s.index, ""))
-            first = f'<td><a href="../../{latent_href(s.index)}">{esc(s.key)}</a> <span class="muted">{lab}</span></td>'
+            if has_page is None or has_page(s.index):
+                first = f'<td><a href="../../{latent_href(s.index)}">{esc(s.key)}</a> <span class="muted">{lab}</span></td>'
+            else:
+                first = f'<td>{esc(s.key)} <span class="muted">never fired</span></td>'
         else:
             first = f'<td class="tok">{token_html(s.key)}</td>'
         cnt = f'<td class="num muted">{num(s.count)}</td>' if counts else ""
@@ -175,7 +190,7 @@ def histogram_svg(plot: dict, title: str, css_class: str = "histogram", width: i
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(num=num)
+    env.filters.update(num=num, name=public_name)
     env.globals.update(examples_html=examples_html, scored_table=scored_table_html, histogram=histogram_svg)
     return env
 

@@ -42,15 +42,18 @@ def chromium_page(profile_dir: Path) -> Iterator:
             page.errors = []
             page.on("pageerror", lambda e: page.errors.append(f"pageerror: {e}"))
             page.on("dialog", lambda d: (page.errors.append(f"dialog: {d.message}"), d.dismiss()))
+            page.on("console", lambda m: "Content Security Policy" in m.text and page.errors.append(f"csp: {m.text}"))
             yield page
         finally:
             ctx.close()
 
 
 @contextmanager
-def running_server(run_dir: Path) -> Iterator[str]:
-    """engine.serve on 127.0.0.1, a free port, its own event loop thread; yields the base URL."""
+def running_server(run_dir: Path, live: bool = False) -> Iterator[str]:
+    """engine.serve on 127.0.0.1, a free port, its own event loop thread; yields the base URL.
+    live: with try-your-own-text running the run's model (what `python -m engine.serve` passes)."""
     from engine.report.serve import make_app, serve
+    from engine.serve import load_model_and_dictionaries
 
     loop = asyncio.new_event_loop()
     started: dict = {}
@@ -59,7 +62,7 @@ def running_server(run_dir: Path) -> Iterator[str]:
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            started["runner"] = loop.run_until_complete(serve(make_app(run_dir), "127.0.0.1", 0))
+            started["runner"] = loop.run_until_complete(serve(make_app(run_dir, model_loader=load_model_and_dictionaries if live else None), "127.0.0.1", 0))
         except BaseException as e:  # surfaced to the test below
             started["error"] = e
             ready.set()

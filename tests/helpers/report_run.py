@@ -90,7 +90,9 @@ def _pair_lists(joint: np.ndarray, n_i: float, marg: np.ndarray, N: float, name,
 
 
 def write_synthetic_run(run: Path, n_latents: int = 300, n_seq: int = 96, ctx: int = 64, top_k: int = 20,
-                        n_random: int = 20, window: int = 8, seed: int = 0) -> SyntheticRun:
+                        n_random: int = 20, window: int = 8, seed: int = 0,
+                        scorers: tuple[tuple[str, bool], ...] = (("detection", True), ("fuzzing", False))) -> SyntheticRun:
+    """scorers: (name, reports an AUC) of every score log written."""
     rng = np.random.default_rng(seed)
     vocab = _tokens()
     V = len(vocab)
@@ -224,10 +226,25 @@ def write_synthetic_run(run: Path, n_latents: int = 300, n_seq: int = 96, ctx: i
                               accuracy=ba, balanced_accuracy=ba, precision=ba, recall=ba, f1=ba,
                               auc=float(min(1.0, ba + 0.05)) if has_auc else None,
                               ci={"balanced_accuracy": [max(0.0, ba - 0.1), min(1.0, ba + 0.1)]},
-                              per_quantile_recall={"q1": ba}, model="claude-test",
+                              per_quantile_recall={"top": 1.0, "q1": ba}, per_stratum_n={"top": 9, "q1": 7, "neg": 20},
+                              model="claude-test",
                               error="timeout" if k % 37 == 1 else None)
 
-    for scorer, has_auc in (("detection", True), ("fuzzing", False)):
+    for scorer, has_auc in scorers:
         write_jsonl(run / "scores" / f"{scorer}.jsonl", results(scorer, has_auc))
-    return SyntheticRun(run, alive, sorted(dead), labels, search_labels, sources, xss_latent, word, torn_line, ["detection", "fuzzing"])
+    return SyntheticRun(run, alive, sorted(dead), labels, search_labels, sources, xss_latent, word, torn_line, [s for s, _ in scorers])
+
+
+def harvest_default(out: Path, labels: str = "0-199") -> Path:
+    """A real run of the embedded default (model, SAE, corpus; absolute paths in its config), small, with
+    offline search labels for `labels`: what the try-your-own-text and direction tests need."""
+    from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
+    from engine.harvest.run import main as harvest_main
+    from engine.interpret.config import InterpretConfig
+    from engine.interpret.run import run_interpret
+
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", DEFAULT_DATASET, "--out", str(out), "--n-batches", "2",
+                  "--batch-size", "4", "--context-length", "64", "--top-k", "6", "--n-random", "10", "--window", "4"])
+    run_interpret(out, InterpretConfig(provider="search", latents=labels, progress=False))
+    return out
 

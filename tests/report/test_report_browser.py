@@ -22,7 +22,7 @@ from tests.helpers.run_files import components_by_latent
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("browser") / "run"
-    synth = write_synthetic_run(run_dir, n_latents=200)
+    synth = write_synthetic_run(run_dir, n_latents=200, scorers=(("detection", True), ("fuzzing", False), ("intruder", False)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report, "CHUNK_ROWS", 16)  # many chunk files: paging and search cross chunk boundaries
         index = report.build_report(run_dir, workers=1)
@@ -81,8 +81,11 @@ def check_index_and_latent(page, base, site, name):
     c = comps[first]
     assert page.inner_text("#label") == synth.labels[first]
     assert page.locator("#top-examples .ex").count() == len(c.top_examples)
-    assert page.locator("#random-examples .ex").count() == len(c.random_examples)
-    assert page.locator(".ex .f").count() == len(c.top_examples) + len(c.random_examples)
+    top_ids = {(e.sequence, e.position) for e in c.top_examples}
+    n_random = sum(1 for e in c.random_examples if (e.sequence, e.position) not in top_ids)  # grouped by stratum
+    assert page.locator("#random-examples .ex").count() == n_random
+    assert page.locator("#random-examples .stratum").count() == min(5, n_random)
+    assert page.locator("#top-examples .ex .f, #random-examples .ex .f").count() == len(c.top_examples) + n_random
     assert page.locator("svg.histogram rect.bar").count() == sum(1 for n in c.histogram if n)
     box = page.locator("svg.histogram").bounding_box()
     assert box and box["width"] > 200 and box["height"] > 100
@@ -107,9 +110,35 @@ def check_index_and_latent(page, base, site, name):
     assert page.errors == []
 
 
+def check_id_and_search_stay_in_view(page, base, name):
+    """Four score columns in a narrow window: the table scrolls sideways, the search box and the id column do not."""
+    page.set_viewport_size({"width": 900, "height": 800})
+    try:
+        page.goto(base + "/index.html")
+        rendered(page, "", "latent", False, 0)
+        assert len(page.locator("#latents th[data-sort*=':']").all()) == 4
+        sc = page.locator("#scroller")
+        assert sc.evaluate("e => e.scrollWidth - e.clientWidth") > 100  # it does overflow
+        sc.evaluate("e => { e.scrollLeft = e.scrollWidth; }")
+        page.evaluate("() => window.scrollTo(0, document.querySelector('section.table').offsetTop + 200)")  # below the controls' start
+        page.wait_for_function("() => document.getElementById('scroller').scrollLeft > 100")
+        last = page.locator("#latents thead th").last.bounding_box()
+        assert last["x"] + last["width"] <= 900  # scrolled to the last score column
+        for sel in ("#search", "#latents tbody tr:nth-child(10) td:first-child"):
+            box = page.locator(sel).bounding_box()
+            assert 0 <= box["x"] and box["x"] + box["width"] <= 900, sel
+            hit = page.evaluate("([x, y, s]) => document.elementFromPoint(x, y)?.closest(s) === document.querySelector(s)",
+                                [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, sel])
+            assert hit, f"{sel} is covered or scrolled away"
+        page.screenshot(path=str(ARTIFACTS / f"report_{name}_index_scrolled.png"))
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+
 def test_static_report_in_chromium(site, page):
     ARTIFACTS.mkdir(exist_ok=True)
     check_index_and_latent(page, site[1].parent.as_uri(), site, "static")
+    check_id_and_search_stay_in_view(page, site[1].parent.as_uri(), "static")
 
 
 def test_served_report_in_chromium(site, page):
@@ -117,3 +146,4 @@ def test_served_report_in_chromium(site, page):
     with running_server(site[0].dir) as base:
         assert base.startswith("http://127.0.0.1:")
         check_index_and_latent(page, base, site, "served")
+        check_id_and_search_stay_in_view(page, base, "served")

@@ -86,3 +86,120 @@ def test_serve_cli_reports_a_busy_port(built, capsys):
             run_cli(serve_main, [str(built[0].dir), "--port", str(port)])
     assert e.value.code == 2
     assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+
+
+def test_empty_api_parameters_mean_their_defaults(built):
+    """The README's own `?q=&sort=&dir=&page=` is the default query (latent order, ascending, page 0)."""
+    synth, _ = built
+    app = make_app(synth.dir)
+    want = app[VIEWER].table.query()
+
+    async def scenario():
+        async with TestClient(TestServer(app)) as client:
+            for url in ("/api/latents?q=&sort=&dir=&page=", "/api/latents?sort=&dir=", "/api/latents?page=&page_size="):
+                r = await client.get(url)
+                assert r.status == 200, url
+                got = await r.json()
+                assert [row[0] for row in got["rows"]] == [row[0] for row in want.rows] and got["total"] == want.total
+            assert [row[0] for row in want.rows] == synth.latents[:PAGE_SIZE]
+
+    asyncio.run(scenario())
+
+
+def test_host_header_is_checked_and_every_response_has_csp_and_nosniff(built):
+    synth, _ = built
+    lat = synth.latents[0]
+
+    async def scenario(app, hosts):
+        async with TestClient(TestServer(app)) as client:
+            out = {}
+            for host in hosts:
+                rs = [await client.get(u, headers={"Host": host}) for u in ("/index.html", "/" + latent_href(lat),
+                                                                           "/api/latents", "/assets/report.css", "/nowhere")]
+                out[host] = [r.status for r in rs]
+                for r in rs:
+                    assert r.headers["X-Content-Type-Options"] == "nosniff"
+                    csp = r.headers["Content-Security-Policy"]
+                    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            return out
+
+    loopback = asyncio.run(scenario(make_app(synth.dir), ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LOCALHOST",
+                                                          "evil.example", "evil.example:8000", "127.0.0.1.evil.example", "10.1.2.3"]))
+    assert loopback.pop("evil.example") == loopback.pop("evil.example:8000") == loopback.pop("127.0.0.1.evil.example") \
+        == loopback.pop("10.1.2.3") == [403] * 5
+    assert all(codes == [200, 200, 200, 200, 404] for codes in loopback.values())
+    # bound to every interface: IP addresses and --allow-host names pass, a rebinding DNS name does not
+    wild = asyncio.run(scenario(make_app(synth.dir, "0.0.0.0", ("viewer.lab",)), ["10.1.2.3:8000", "viewer.lab", "evil.example"]))
+    assert wild == {"10.1.2.3:8000": [200, 200, 200, 200, 404], "viewer.lab": [200, 200, 200, 200, 404], "evil.example": [403] * 5}
+
+
+def test_bad_requests_are_one_log_line_each(built, capfd):
+    import socket
+    from urllib.parse import urlsplit
+
+    from tests.helpers.chromium import running_server
+
+    synth, _ = built
+    bad = [b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+           b"GET / HTTP/1.1\r\n\x00bad\r\n\r\n",
+           b"GET /api/latents?dir=up HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+           b"GET /index.html HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"]
+    capfd.readouterr()
+    with running_server(synth.dir) as base:
+        u = urlsplit(base)
+        for raw in bad:
+            with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+                s.sendall(raw)
+                assert s.recv(4096).split(b" ")[1] in (b"400", b"403")
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == len(bad), err
+    assert all(ln.startswith("engine.serve: ") for ln in lines), err
+    assert "Traceback" not in err and "BadHttpMessage" in lines[0] and "dir='up'" in lines[2] and "evil.example" in lines[3]
+
+
+def test_serve_warns_when_binding_beyond_loopback(built):
+    import subprocess
+    import sys
+
+    def first_lines(host: str) -> tuple[str, str]:
+        p = subprocess.Popen([sys.executable, "-m", "engine.serve", str(built[0].dir), "--host", host, "--port", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out = p.stdout.readline()  # "serving ... at http://HOST:PORT/index.html": the checks ran before it
+        finally:
+            p.terminate()
+            _, err = p.communicate(timeout=30)
+        return out, err
+
+    out, err = first_lines("0.0.0.0")
+    assert out.startswith("serving ") and "warning: --host 0.0.0.0 serves this run" in err
+    from engine.report.guard import is_loopback  # the default and other loopback binds stay quiet
+
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "0.0.0.0", "::", "10.0.0.5")] == \
+        [True, True, True, True, False, False, False]
+
+
+def test_live_text_refuses_bad_bodies_in_one_line(built):
+    from engine.report.live import MAX_CHARS
+
+    synth, _ = built
+    app = make_app(synth.dir)  # no model loader: what the bare report app (not python -m engine.serve) gets
+
+    async def scenario():
+        async with TestClient(TestServer(app)) as client:
+            info = await (await client.get("/api/live")).json()
+            assert info["live"] is False and info["max_chars"] == MAX_CHARS
+            cases = [(dict(data="text=hi", headers={"Content-Type": "application/x-www-form-urlencoded"}), 415, "JSON"),
+                     (dict(data="{not json", headers={"Content-Type": "application/json"}), 400, "not JSON"),
+                     (dict(json=["a"]), 400, "JSON object"), (dict(json={"text": ""}), 400, "text:"),
+                     (dict(json={"text": "x" * (MAX_CHARS + 1)}), 400, f"at most {MAX_CHARS}"),
+                     (dict(json={"text": "hi", "latent": -1}), 400, "latent:"),
+                     (dict(json={"text": "hi", "latent": True}), 400, "latent:"),
+                     (dict(json={"text": "hi", "latent": synth.latents[0]}), 503, "python -m engine.serve")]
+            for kwargs, code, words in cases:
+                r = await client.post("/api/live", **kwargs)
+                text = await r.text()
+                assert r.status == code and words in text and "\n" not in text.strip(), (kwargs, r.status, text)
+
+    asyncio.run(scenario())

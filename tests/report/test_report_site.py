@@ -18,7 +18,7 @@ import pytest
 from engine.core.errors import UserError, run_cli
 from engine.core.schemas import ActivationExample
 from engine.report.data import RunData, latent_href
-from engine.report.site import build_report, examples_html
+from engine.report.site import build_report, examples_html, num
 from engine.report.site import main as report_main
 from tests.helpers.report_pages import Dom, meta_of
 from tests.helpers.report_run import XSS_LABEL, XSS_REASONING, write_synthetic_run
@@ -109,12 +109,15 @@ def test_latent_pages_show_the_harvested_data(built):
     synth, index = built
     comps = components(synth.dir)
     edges = msgspec.json.decode((synth.dir / "harvest" / "config.json").read_bytes())["histogram_edges"]
+    n_strata = 0
     for lat in synth.latents[:: max(1, len(synth.latents) // 25)] + [synth.xss_latent]:
         c = comps[lat]
         dom = Dom((index.parent / latent_href(lat)).read_text())
         assert dom.root.find_all(id="label")[0].all_text() == synth.labels.get(lat, "not explained yet")
         assert dom.root.find_all(id="firing-count")[0].all_text() == f"{c.firing_count:,}"
-        for box, exs in (("top-examples", c.top_examples), ("random-examples", c.random_examples)):
+        top_ids = {(e.sequence, e.position) for e in c.top_examples}
+        grouped = sorted((e for e in c.random_examples if (e.sequence, e.position) not in top_ids), key=lambda e: -e.activation)
+        for box, exs in (("top-examples", c.top_examples), ("random-examples", grouped)):  # strata, strongest first
             rows = dom.root.find_all(id=box)[0].find_all("div", "ex")
             assert len(rows) == len(exs)
             for row, ex in zip(rows, exs):
@@ -140,6 +143,12 @@ def test_latent_pages_show_the_harvested_data(built):
         pmi = next(t for t in tables if t.find_all("caption")[0].all_text() == "PMI")
         shown = [tr.find_all("td")[0].all_text() for tr in pmi.find_all("tbody")[0].find_all("tr")]
         assert shown == ([visible(s.key) for s in c.input_token_stats.top_pmi] or ["none"])
+        scored = [r for name in synth.scorers for r in _score_lines(synth.dir, name) if r["latent"] == lat]
+        strata = [s.all_text() for s in dom.root.find_all(cls="stratum-recall")]
+        assert strata == [f"{k} {num(v)} (n={r['per_stratum_n'][k]})" for r in scored
+                          for k, v in r["per_quantile_recall"].items()]  # per stratum: recall and examples judged
+        n_strata += len(strata)
+    assert n_strata > 0
 
 
 def test_dataset_text_is_escaped_everywhere(built):
@@ -206,3 +215,29 @@ def test_bad_input_is_one_line_error(tmp_path, synth, capsys):
     (bad / "harvest" / "config.json").write_text("{}")
     with pytest.raises(UserError, match=r"config\.json: not a RunConfig"):
         build_report(bad)
+
+
+def _score_lines(run_dir, scorer: str) -> list[dict]:
+    """The last record per latent of a score log, as the report reads it."""
+    out = {}
+    for line in (run_dir / "scores" / f"{scorer}.jsonl").read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[r["latent"]] = r
+    return list(out.values())
+
+
+def test_random_dictionary_runs_are_marked(built, tmp_path):
+    """A --random-dictionary control run says so on every page; a normal run does not."""
+    synth, index = built
+    assert 'id="random-control"' not in index.read_text()
+    ctl = tmp_path / "control"
+    shutil.copytree(synth.dir, ctl, ignore=shutil.ignore_patterns("report"))
+    cfg = json.loads((ctl / "harvest" / "config.json").read_text())
+    cfg["random_dictionary"] = True
+    (ctl / "harvest" / "config.json").write_text(json.dumps(cfg))
+    idx = build_report(ctl, workers=1)
+    pages = [idx, *sorted(idx.parent.glob("latents/*/*.html"))[:3]]
+    assert len(pages) == 4 and all('id="random-control"' in p.read_text() for p in pages)
