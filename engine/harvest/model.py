@@ -23,11 +23,18 @@ def load_model(path: str, device, dtype: str):
 
     hf_logging.disable_progress_bar()
 
-    if not Path(path).exists() and ("/" not in path or path.startswith((".", "/"))):
+    local = Path(path).exists()
+    if not local and ("/" not in path or path.startswith((".", "/"))):
         raise UserError(f"model {path} does not exist -- give a local HF model folder or a hub name")
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except OSError as e:
-        raise UserError(f"model {path} could not be loaded ({str(e).splitlines()[0][:150]}) -- check the folder has config.json, weights and a tokenizer") from None
+    except (OSError, ValueError) as e:
+        from huggingface_hub import constants
+
+        if not local and constants.is_offline_mode():  # HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
+            raise UserError(f"model {path} is not in the HF cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set "
+                            "-- fetch it once with network access, or point HF_HOME at a cache that has it") from None
+        where = "the hub name (and HF_TOKEN for gated models)" if not local else "the folder has config.json, weights and a tokenizer"
+        raise UserError(f"model {path} could not be loaded ({' '.join(str(e).split())[:150]}) -- check {where}") from None
     return model.to(device).eval(), tok

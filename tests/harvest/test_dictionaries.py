@@ -135,3 +135,48 @@ def test_firings_beyond_the_per_token_cap_are_counted_and_the_strongest_kept():
     kept[tok, lat] = val
     want = torch.where(dense >= dense.topk(3, dim=1).values[:, -1:], dense, 0.0).clamp(min=0)  # each token's 3 largest
     torch.testing.assert_close(kept, want, rtol=0, atol=0)
+
+
+def test_random_dictionary_keeps_shapes_norms_and_biases():
+    from engine.harvest.defaults import DEFAULT_SAE
+
+    trained = load_dictionary(DEFAULT_SAE)
+    rand = load_dictionary(DEFAULT_SAE).randomized(7)
+    assert rand.kind == trained.kind + ":random" and rand.k == trained.k and rand.W_enc.shape == trained.W_enc.shape
+    torch.testing.assert_close(rand.W_enc.norm(dim=0), trained.W_enc.norm(dim=0))  # each latent's encoder norm
+    torch.testing.assert_close(rand.W_dec.norm(dim=1), trained.W_dec.norm(dim=1))  # and decoder norm
+    assert torch.equal(rand.b_enc, trained.b_enc) and torch.equal(rand.b_dec_in, trained.b_dec_in)
+    cos = torch.nn.functional.cosine_similarity(rand.W_enc, trained.W_enc, dim=0)
+    assert cos.abs().max() < 0.5 and cos.abs().mean() < 0.1  # random directions in 128 dims: |cos| ~ 0.07
+    assert torch.equal(load_dictionary(DEFAULT_SAE).randomized(7).W_enc, rand.W_enc)  # deterministic in the seed
+    assert not torch.equal(load_dictionary(DEFAULT_SAE).randomized(8).W_enc, rand.W_enc)
+    with pytest.raises(UserError, match="raw neurons"):
+        load_dictionary("neurons:4").randomized(0)
+
+
+def test_random_dictionary_harvest_is_recorded_and_uses_the_seeded_weights(tmp_path):
+    import msgspec
+    from safetensors.torch import load_file
+
+    from engine.core.schemas import RunConfig
+    from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
+    from engine.harvest.model import load_model
+    from engine.harvest.run import main as harvest_main
+    from engine.harvest.sources import HookedModel
+
+    out = tmp_path / "run"
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--random", "--seed", "3", "--dataset", DEFAULT_DATASET, "--out", str(out),
+                  "--batch-size", "2", "--n-batches", "1", "--context-length", "16", "--top-k", "2", "--n-random", "2",
+                  "--window", "2", "--no-output-stats"])
+    rc = msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig)
+    assert rc.random_dictionary and rc.hookpoints[0].kind == "sae_lens:topk:random"
+    tokens = torch.from_numpy(np.fromfile(out / "harvest" / "tokens.bin", dtype=np.int32).reshape(2, 16).astype(np.int64))
+    model, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
+    hm = HookedModel(model, ["blocks.2.hook_resid_post"])
+    x = hm.run(tokens, need_logits=False)[0]["blocks.2.hook_resid_post"]
+    hm.close()
+    dense = load_dictionary(DEFAULT_SAE).randomized(3).encode_dense(x.reshape(-1, 128)).reshape(2, 16, -1)[:, 1:]  # BOS out
+    count = load_file(str(out / "harvest" / "stats.safetensors"))["count"]
+    assert torch.equal(count.long(), (dense > 0).sum((0, 1)))
+    trained = load_dictionary(DEFAULT_SAE).encode_dense(x.reshape(-1, 128)).reshape(2, 16, -1)[:, 1:]
+    assert not torch.equal(count.long(), (trained > 0).sum((0, 1)))  # not the trained dictionary's firings

@@ -15,7 +15,9 @@ Formats (detected from the files, or forced with `kind=`):
 * Gemma Scope `params.npz` (JumpReLU, no b_dec subtraction);
 * `neurons:<d>`: raw neurons, identity encode; a neuron fires where it is > 0;
 * SPD run folder (`final_config.yaml` + `model_<step>.pth`): one dictionary per decomposed
-  module, firing = causal importance > threshold (spd.py).
+  module, firing = causal importance > threshold (spd.py);
+* by name, through the HF cache (hub.py): `sae-lens:RELEASE/SAE_ID`, `gemma-scope:RELEASE/SAE_ID`,
+  `OWNER/REPO[@REV][:HOOKPOINT]` (or `hf:OWNER/REPO...`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from engine.core.errors import UserError
 from engine.harvest.dictionaries.base import ACTIVATIONS, Dictionary
 from engine.harvest.dictionaries.gemma_scope import load_gemma_scope
+from engine.harvest.dictionaries.hub import is_named, load_named
 from engine.harvest.dictionaries.sae_lens import load_sae_lens
 from engine.harvest.dictionaries.sparsify import load_sparsify
 from engine.harvest.dictionaries.spd import is_spd_run, load_spd
@@ -41,6 +44,8 @@ def load_dictionary(path: str, hookpoint: str | None = None, kind: str | None = 
         except ValueError:
             raise UserError(f"dictionary {path!r}: write raw neurons as neurons:<width>, e.g. neurons:4096") from None
         return Dictionary(path, "neurons", hookpoint, None, None, None, None, "identity", 0, None, d, d)
+    if is_named(path):
+        return load_named(path, hookpoint, lambda local, hp: load_dictionary(local, hp, kind, ci_threshold))
     p = Path(path)
     if not p.exists():
         raise UserError(f"dictionary {path} does not exist -- give a sae-lens/sparsify folder, a params.npz, or neurons:<width>")

@@ -66,6 +66,52 @@ class Dictionary:
     "TopK subsets: columns kept after the full selection."
     firings_per_token: int = FIRINGS_PER_TOKEN
     "Non-TopK encodes keep this many of a token's strongest firings (engine.harvest.firings)."
+    revision: str | None = None
+    "Hub commit the files were resolved at (dictionaries given by name, hub.py); None for local folders."
+
+    @classmethod
+    def from_weights(cls, W_enc: Tensor, b_enc: Tensor, *, activation: str = "relu", k: int = 0, b_dec: Tensor | None = None,
+                     threshold: Tensor | None = None, W_dec: Tensor | None = None, name: str = "live",
+                     hookpoint: str | None = None) -> Dictionary:
+        """A Dictionary over existing tensors, not copied: W_enc [d_in, L], b_enc [L], b_dec [d_in] (subtracted from
+        the input) or None, threshold [L] (jumprelu), W_dec [L, d_out]. Built on the detached parameters of an SAE
+        being trained (`sae.W_enc.detach()`), every encode reads the weights as the optimizer left them, since its
+        steps update parameters in place."""
+        if activation not in ("relu", "jumprelu", "topk"):
+            raise UserError(f"Dictionary.from_weights: activation {activation!r} -- use relu, jumprelu or topk")
+        if activation == "topk" and k < 1:
+            raise UserError("Dictionary.from_weights: activation topk needs k >= 1 -- pass k=")
+        d_in, L = W_enc.shape
+        return cls(name, f"weights:{activation}", hookpoint, W_enc, b_enc, b_dec, threshold, activation, k, W_dec, d_in, L)
+
+    def randomized(self, seed: int) -> Dictionary:
+        """The same architecture with random weights (delphi's --random control), deterministic in `seed`:
+        every latent's encoder column and decoder row point in a random direction (i.i.d. Gaussian) with the
+        norm the trained one had, so activation scales, biases, JumpReLU thresholds, k and the input transform
+        stay as trained and firing rates stay comparable; SPD's CI MLP weights are redrawn with each tensor's
+        own standard deviation. Raw neurons have no weights to randomize."""
+        if self.activation == "identity":
+            raise UserError(f"--random-dictionary: {self.path} is raw neurons, which have no weights to randomize -- drop the flag")
+        if self.latent_ids is not None:
+            raise UserError("--random-dictionary applies before --latents selects a subset -- randomize the whole dictionary")
+        g = torch.Generator().manual_seed(seed)
+
+        def like(t: Tensor, dim: int | None) -> Tensor:
+            r = torch.randn(t.shape, generator=g, dtype=torch.float64)
+            if dim is None:
+                return (r * t.double().std()).to(t.dtype)
+            return (r / r.norm(dim=dim, keepdim=True).clamp(min=1e-12) * t.double().norm(dim=dim, keepdim=True)).to(t.dtype)
+
+        if self.W_enc is not None:
+            self.W_enc = like(self.W_enc, 0)  # [d_in, L]: one column per latent
+        if self.W_dec is not None:
+            self.W_dec = like(self.W_dec, 1)  # [L, d_out]: one row per latent
+            if self.decoder_norm_scale is not None:
+                self.decoder_norm_scale = self.W_dec.float().norm(dim=1)  # unchanged up to rounding: norms are kept
+        if self.ci_layers is not None:
+            self.ci_layers = [(like(W, None), b) for W, b in self.ci_layers]
+        self.kind += ":random"
+        return self
 
     def subset(self, ids: list[int]) -> Dictionary:
         """Keep only latents `ids`: encode cost and all state memory scale with the subset
@@ -76,9 +122,7 @@ class Dictionary:
             raise UserError(f"--latents: index {max(ids)} is out of range for {self.path} ({self.n_latents} latents)")
         sel = torch.tensor(ids, dtype=torch.int64)
         self.latent_ids = sel
-        if self.activation in ("topk", "spd_ci"):
-            self._select = sel
-        elif self.activation == "identity":
+        if self.activation in ("topk", "spd_ci", "identity"):
             self._select = sel
         else:
             for name in ("W_enc",):

@@ -26,7 +26,7 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         raise UserError(f"{path} is missing -- the dictionary folder is incomplete")
     try:
         return load_file(str(path))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- any read failure of a user file becomes one line
         raise UserError(f"{path} is corrupt or not safetensors ({type(e).__name__}: {str(e)[:80]}) -- re-download or re-save it") from None
 
 

@@ -17,7 +17,7 @@ def load_gemma_scope(p: Path) -> Dictionary:
     try:
         z = np.load(p)
         t = {k.replace("w_", "W_", 1) if k.startswith("w_") else k: torch.from_numpy(z[k]).float() for k in z.files}
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- any read failure of a user file becomes one line
         raise UserError(f"{p} is not a readable .npz ({type(e).__name__}) -- re-download it") from None
     W_enc = need(t, "W_enc", p)
     d_in, L = W_enc.shape

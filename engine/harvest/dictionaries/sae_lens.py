@@ -11,8 +11,16 @@ from engine.harvest.dictionaries.files import need, read_json, read_safetensors
 
 
 def load_sae_lens(p: Path) -> Dictionary:
+    """A sae-lens folder (cfg.json + sae_weights.safetensors, activation_scaler.json if any)."""
     cfg = read_json(p / "cfg.json")
     t = read_safetensors(p / "sae_weights.safetensors")
+    scaler = p / "activation_scaler.json"
+    return sae_lens_dictionary(cfg, t, p, float(read_json(scaler)["scaling_factor"]) if scaler.exists() else None)
+
+
+def sae_lens_dictionary(cfg: dict, t: dict, p: Path, scaling_factor: float | None = None) -> Dictionary:
+    """A sae-lens config dict and state dict (as `SAE.save_model` writes them) -> Dictionary; `p` names the
+    source in messages and `Dictionary.path`."""
     meta = cfg.get("metadata", {}) or {}
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     arch = cfg.get("architecture", "standard")
@@ -34,9 +42,7 @@ def load_sae_lens(p: Path) -> Dictionary:
         norm = "expected_average_only_in"
     scale = 1.0
     if norm == "expected_average_only_in":
-        scaler = p / "activation_scaler.json"
-        if scaler.exists():
-            scale = float(read_json(scaler)["scaling_factor"])
+        scale = 1.0 if scaling_factor is None else scaling_factor
         norm = "none"
     if norm not in ("none", None, False, "constant_norm_rescale", "layer_norm"):
         raise UserError(f"{p / 'cfg.json'}: normalize_activations={norm!r} is not supported")

@@ -74,7 +74,7 @@ def read_run(path: str | Path) -> tuple[dict, dict[str, Tensor], Path]:
             sd = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # pre-zipfile (legacy) format cannot be mapped
             sd = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- any read failure of a user file becomes one line
         raise UserError(f"{ckpt} is not a readable torch checkpoint ({type(e).__name__}) -- re-download it") from None
     if not isinstance(sd, dict):
         raise UserError(f"{ckpt} holds a {type(sd).__name__}, not a state dict -- give the ComponentModel checkpoint")
