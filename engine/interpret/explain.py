@@ -1,13 +1,14 @@
 """One latent's explanation: its prompt, the request, and the record written for the reply.
 
     labels, background = prepare_labels(run, existing)
-    for c, split, search, negs in explain_inputs(run, rc, todo, background, max_examples):
+    for c, split, search, negs in explain_inputs(run, rc, todo, background, SplitConfig(n_examples_train=20)):
         prompt = explain_prompt(rc, c, split, "default", labels, negs)
         request = explain_request(prompt, c, max_tokens=1024)
 
-The explainer sees the split of `engine.core.examples` (top examples at even
-ranks + quantile strata of the random sample); their ids go in `example_ids`
-and scoring never uses them. The search label, too, is computed from the
+The explainer sees the split of `engine.core.examples` (by the sampler settings,
+`SplitConfig`: --train-type, --n-examples-train, --ratio-top, --n-quantiles); their
+ids go in `example_ids` and scoring never uses them, and the settings go in the
+record's `sampler`. The search label, too, is computed from the
 explainer's examples only. `engine.score --best-of` builds its candidates
 through the same functions.
 """
@@ -15,6 +16,7 @@ through the same functions.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from clients.structured import provider_schema
-from engine.core.examples import Split, SplitConfig, Window, split_examples
+from engine.core.examples import FillReport, Split, SplitConfig, Window, split_examples
 from engine.core.rundir import RunDir, primary
 from engine.core.schemas import ComponentData, Explanation, ExplanationOutput, HookpointInfo, RunConfig
 from engine.interpret.prompts import Prompt, render
@@ -126,6 +128,7 @@ class Pending:
     search_label: str
     example_ids: list[str]
     prompt_hash: str
+    sampler: SplitConfig | None = None
 
 
 def prepare_labels(run: RunDir | Path, existing: dict[int, list[Explanation]]) -> tuple[Labels, Background]:
@@ -143,16 +146,19 @@ def prepare_labels(run: RunDir | Path, existing: dict[int, list[Explanation]]) -
     return labels, background
 
 
-def explain_inputs(run: RunDir | Path, rc: RunConfig, todo: set[int], background: Background, max_examples: int,
-                   negatives=None, n_negatives: int = 0) -> Iterator[tuple[ComponentData, Split, str, list[Window]]]:
+def explain_inputs(run: RunDir | Path, rc: RunConfig, todo: set[int], background: Background, sampler: SplitConfig,
+                   negatives=None, n_negatives: int = 0,
+                   warn: bool = True) -> Iterator[tuple[ComponentData, Split, str, list[Window]]]:
     """(component, its split, the search label of the explainer's examples, non-activating windows) of every
-    latent in `todo`, in file order. negatives: a NegativeSource (contrastive explainer) or None."""
+    latent in `todo`, in file order. negatives: a NegativeSource (contrastive explainer) or None. When all are
+    read and `warn`, prints one line to stderr if the held-out sets cannot fill `sampler.n_examples_test`."""
     run = RunDir(run)
-    split_cfg = SplitConfig.with_budget(max_examples, seed=rc.seed)
+    fill = FillReport(sampler)
     for c in run.iter_components():
         if c.latent not in todo:
             continue
-        split = split_examples(c, split_cfg)
+        split = split_examples(c, sampler)
+        fill.add(split.held_out)
         ids = set(split.explain_ids)
         shown = msgspec.structs.replace(  # the search label, too, sees only the explainer's examples
             c, top_examples=[e for e in c.top_examples if f"{e.sequence}:{e.position}" in ids],
@@ -162,12 +168,15 @@ def explain_inputs(run: RunDir | Path, rc: RunConfig, todo: set[int], background
         if negatives is not None:
             negs = negatives.negatives(c, n_negatives, queries=split.explain, exclude_ids=split.explain_ids)
         yield c, split, label, negs
+    if warn and (line := fill.warning(rc.top_k, rc.n_random)):
+        print(line, file=sys.stderr)
 
 
 def search_explanation(c: ComponentData, split: Split, label: str) -> Explanation:
     return Explanation(component_key=c.component_key, latent=c.latent, label=label, confidence="low", reasoning="",
                        search_label=label, source="search", model="", explainer="search", prompt_hash="",
-                       raw_response="", example_ids=split.explain_ids)
+                       raw_response="", example_ids=split.explain_ids,
+                       sampler=split.sampler.record() if split.sampler else None)
 
 
 def llm_explanation(p: Pending, model: str, explainer: str, response) -> Explanation:
@@ -177,4 +186,4 @@ def llm_explanation(p: Pending, model: str, explainer: str, response) -> Explana
         confidence=out.confidence if out else "low", reasoning=out.reasoning if out else "",
         search_label=p.search_label, source="llm", model=model, explainer=explainer,
         prompt_hash=p.prompt_hash, raw_response=response.text, example_ids=p.example_ids, usage=response.usage,
-        error=err)
+        error=err, sampler=p.sampler.record() if p.sampler else None)

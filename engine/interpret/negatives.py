@@ -34,9 +34,11 @@ import torch
 from tqdm import tqdm
 
 from engine.core.errors import UserError
-from engine.core.examples import Window, latent_rng, parse_id
+from engine.core.examples import Window, latent_rng, overlap_reach, parse_id
 from engine.core.rundir import RunDir, replacing
-from engine.core.schemas import ComponentData, RunConfig
+from engine.core.schemas import DIRECTIONS_FILE, ComponentData, RunConfig
+from engine.core.token_text import TokenText
+from engine.interpret.config import NEIGHBOURS
 
 SequenceActivations = Callable[[torch.Tensor], torch.Tensor]
 "seq_ids [n] -> activations of every latent on those whole stored sequences [n, S, n_latents]."
@@ -56,13 +58,14 @@ class PoolConfig:
 
 class NegativePool:
     def __init__(self, sequences: np.ndarray, starts: np.ndarray, token_ids: np.ndarray, fires: np.ndarray,
-                 vocab: list[str], half_width: int, seed: int = 0):
+                 vocab: list[str] | TokenText, half_width: int, seed: int = 0):
         self.sequences = sequences  # [P] int64
         self.starts = starts  # [P] int64
         self.token_ids = token_ids  # [P, L] int32
         self.fires = fires  # [P, n_latents] bool
         self.vocab = vocab
         self.half_width = half_width
+        self.reach: int | None = None  # how far an excluded example's window reaches (set by open_pool)
         self.seed = seed
 
     def __len__(self) -> int:
@@ -120,17 +123,20 @@ class NegativePool:
         ids = self.token_ids[w].tolist()
         L = len(ids)
         start = int(self.starts[w])
-        return Window(sequence=int(self.sequences[w]), start=start, tokens=[self.vocab[i] for i in ids], token_ids=ids,
+        tokens = self.vocab.pieces(ids) if isinstance(self.vocab, TokenText) else [self.vocab[i] for i in ids]
+        return Window(sequence=int(self.sequences[w]), start=start, tokens=tokens, token_ids=ids,
                       activations=[0.0] * L, stratum="neg", position=start + L // 2)
 
     def candidates(self, latent: int, exclude_ids: list[str] = ()) -> np.ndarray:
-        """Pool windows where `latent` is zero and that overlap no excluded example (±half_width around it)."""
+        """Pool windows where `latent` is zero and that overlap no excluded example (±reach around it: the
+        example windows' reach, core.examples.overlap_reach; the pool's own half width by default)."""
         ok = ~self.fires[:, latent]
         if exclude_ids:
             L = self.token_ids.shape[1]
             for i in exclude_ids:
                 seq, pos = parse_id(i)
-                lo, hi = pos - self.half_width, pos + self.half_width + 1
+                reach = self.reach if self.reach is not None else self.half_width
+                lo, hi = pos - reach, pos + reach + 1
                 ok &= ~((self.sequences == seq) & (self.starts < hi) & (lo < self.starts + L))
         return np.flatnonzero(ok)
 
@@ -152,19 +158,40 @@ class RandomNegatives:
         return [self.pool.window(int(w)) for w in pick]
 
 
+def cofiring_neighbours(c: ComponentData) -> list[int]:
+    """The latent's co-firing neighbours, most similar (Jaccard) first."""
+    return [s.index for s in c.correlations.jaccard]
+
+
+def direction_neighbours(run_dir: Path, kind: str) -> Callable[[ComponentData], list[int]]:
+    """The latent's nearest latents by `kind` (decoder | encoder) direction cosine, from the harvest's
+    directions.safetensors (engine/harvest/neighbours.py)."""
+    from safetensors.torch import load_file
+
+    path = RunDir(run_dir).harvest / DIRECTIONS_FILE
+    try:
+        table = load_file(str(path))[f"{kind}_neighbours"]
+    except (FileNotFoundError, KeyError):
+        raise UserError(f"{path} has no {kind}-direction neighbours (harvested before they were written) -- re-run "
+                        "the harvest, or use --neighbours cofiring") from None
+    return lambda c: [j for j in table[c.latent].tolist() if j >= 0]
+
+
 class NeighbourNegatives:
-    def __init__(self, pool: NegativePool):
+    def __init__(self, pool: NegativePool, neighbours: Callable[[ComponentData], list[int]] = cofiring_neighbours):
         self.pool = pool
+        self.neighbours = neighbours
 
     def negatives(self, c, n, queries=(), exclude_ids=()):
+        """Windows where a similar latent fires and this one does not, most similar first; the rest at random."""
         cand = self.pool.candidates(c.latent, exclude_ids)
         rng = latent_rng(c.component_key, self.pool.seed, "negatives")
         chosen: list[int] = []
         taken = np.zeros(len(self.pool), dtype=bool)
-        for s in c.correlations.jaccard:
-            if len(chosen) >= n or not 0 <= s.index < self.pool.fires.shape[1]:
+        for j in self.neighbours(c):
+            if len(chosen) >= n or not 0 <= j < self.pool.fires.shape[1]:
                 continue
-            hits = cand[self.pool.fires[cand, s.index] & ~taken[cand]]
+            hits = cand[self.pool.fires[cand, j] & ~taken[cand]]
             for w in rng.permutation(hits)[: n - len(chosen)].tolist():
                 chosen.append(w)
                 taken[w] = True
@@ -221,8 +248,8 @@ def open_pool(run_dir: Path, rc: RunConfig, cfg: PoolConfig = PoolConfig(), acti
                 store=[rc.n_sequences, rc.context_length], first_pos=int(rc.filter_bos))
     path = RunDir(run_dir).negatives / "pool.npz"
     store = _token_store(run_dir, rc)
-    if vocab is None:
-        vocab = _vocab(rc, store)
+    if vocab is None:  # the harvest's token bytes: windows decode whole, as the examples do
+        vocab = TokenText.load(RunDir(run_dir).token_bytes) or _vocab(rc, store)
     pool = NegativePool.load(path, meta, vocab, cfg.seed)
     if pool is None:
         if activations is None:
@@ -232,11 +259,12 @@ def open_pool(run_dir: Path, rc: RunConfig, cfg: PoolConfig = PoolConfig(), acti
         pool = NegativePool.build(store, window_len, rc.n_latents, activations, vocab, cfg,
                                   first_pos=int(rc.filter_bos), progress=progress)
         pool.save(path, meta)
+    pool.reach = overlap_reach(rc.window, rc.center_examples)
     return pool
 
 
 def _vocab(rc: RunConfig, store: np.ndarray) -> list[str]:
-    """Token strings as the harvest decoded them (one token at a time)."""
+    """Token strings one token at a time, for runs harvested before token_bytes.json was written."""
     from transformers import AutoTokenizer
 
     from engine.harvest.results import token_strings
@@ -279,15 +307,19 @@ def pool_embeddings(run_dir: Path, pool: NegativePool, embed: Callable[[list[str
 
 
 def open_source(run_dir: Path, rc: RunConfig, kind: str, pool: NegativePool | None = None,
-                cfg: PoolConfig = PoolConfig()) -> NegativeSource:
-    """random | neighbours | faiss, over the run's (cached) pool."""
+                cfg: PoolConfig = PoolConfig(), progress: bool = True, neighbours: str = "cofiring") -> NegativeSource:
+    """random | neighbours | faiss, over the run's (cached) pool; `progress` shows the "negative pool" bar
+    while the pool is built (pass the command's --progress/--no-progress)."""
     if kind not in ("random", "neighbours", "faiss"):
         raise UserError(f"--non-activating {kind!r}: choose random, neighbours or faiss")
-    pool = pool or open_pool(run_dir, rc, cfg)
+    pool = pool or open_pool(run_dir, rc, cfg, progress=progress)
     if kind == "random":
         return RandomNegatives(pool)
     if kind == "neighbours":
-        return NeighbourNegatives(pool)
+        if neighbours not in NEIGHBOURS:
+            raise UserError(f"--neighbours {neighbours!r}: choose {', '.join(NEIGHBOURS)}")
+        return NeighbourNegatives(pool, cofiring_neighbours if neighbours == "cofiring"
+                                  else direction_neighbours(run_dir, neighbours))
     from engine.interpret.minilm import MiniLM
 
     model = MiniLM()

@@ -31,6 +31,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from clients.errors import ClientStopped
 from engine.core.cli import RUN_DIR, parse_config
 from engine.core.errors import UserError
 from engine.core.jsonl import JsonlAppender
@@ -74,20 +75,31 @@ def run_interpret(run_dir: str | Path, cfg: InterpretConfig, negatives=None, cli
     if cfg.uses_llm and not cfg.model:
         raise UserError(f"--provider {cfg.provider} needs --model (e.g. claude-haiku-4-5)")
     rc = run.load_config()
+    if cfg.overwrite and not cfg.dry_run:
+        run.set_aside(cfg.overwrite)
     keep = selection(cfg.latents)
     shard = Shard.parse(cfg.shard)
     existing = run.read_explanations()
     labels, background = prepare_labels(run, existing)
-    todo = [c.latent for c in run.iter_components(keep)
-            if (shard is None or shard.owns(c.latent, rc.n_latents))
-            and not any(is_done(e, cfg) for e in existing.get(c.latent, []))]
+    todo, few = [], 0
+    for c in run.iter_components(keep):
+        if shard is not None and not shard.owns(c.latent, rc.n_latents):
+            continue
+        if c.firing_count < cfg.min_examples:  # --min-examples: harvested, not explained
+            few += 1
+        elif not any(is_done(e, cfg) for e in existing.get(c.latent, [])):
+            todo.append(c.latent)
     counts = Counter(skipped=0, written=0, failed=0, not_sent=0)
+    if few:
+        counts["too_few_firings"] = few
+        print(f"interpret: {few} latents fired fewer than --min-examples {cfg.min_examples} times: harvested, "
+              "not explained", file=sys.stderr)
     contrastive = cfg.explainer == "contrastive" and cfg.uses_llm
     if contrastive and negatives is None and todo:
         from engine.interpret.negatives import open_source
 
-        negatives = open_source(run.root, rc, cfg.non_activating)
-    inputs = explain_inputs(run, rc, set(todo), background, cfg.max_examples,
+        negatives = open_source(run.root, rc, cfg.non_activating, progress=cfg.progress, neighbours=cfg.neighbours)
+    inputs = explain_inputs(run, rc, set(todo), background, cfg.split_config(rc.seed),
                             negatives if contrastive else None, cfg.n_non_activating)
     if cfg.dry_run:
         dry_run(rc, cfg, inputs, labels, len(todo))
@@ -104,7 +116,11 @@ def run_interpret(run_dir: str | Path, cfg: InterpretConfig, negatives=None, cli
                 log.append(search_explanation(c, split, label))
                 counts["written"] += 1
     else:
-        asyncio.run(_run_llm(run, rc, cfg, inputs, labels, len(todo), out, counts, client))
+        try:
+            asyncio.run(_run_llm(run, rc, cfg, inputs, labels, len(todo), out, counts, client))
+        except ClientStopped:  # the client gave up (an outage past the window, a refused key): what was
+            write_exports(run.root)  # written still reaches the exports; run_cli prints the one line, exit 2
+            raise
     write_exports(run.root)
     return dict(counts)
 
@@ -117,7 +133,7 @@ async def _run_llm(run: RunDir, rc: RunConfig, cfg: InterpretConfig, inputs, lab
         raise UserError("--batch needs --provider anthropic (Message Batches)")
     own = client is None
     if own:
-        client = cfg.make_client(cache_ttl="1h" if cfg.batch else "5m")
+        client = cfg.make_client(cache_ttl="1h" if cfg.batch else "5m", state_dir=run.root)
     pending: dict[str, Pending] = {}
     failures: Counter = Counter()
 
@@ -126,7 +142,7 @@ async def _run_llm(run: RunDir, rc: RunConfig, cfg: InterpretConfig, inputs, lab
             prompt = explain_prompt(rc, c, split, cfg.explainer, labels, negs)
             cid = f"explain:{c.component_key}"
             pending[cid] = Pending(c.latent, c.component_key, search, split.explain_ids + [w.id for w in negs],
-                                   prompt.hash)
+                                   prompt.hash, split.sampler)
             yield explain_request(prompt, cid, cfg.max_tokens, cfg.temperature)
 
     with JsonlAppender(out, Explanation) as log:
@@ -143,6 +159,7 @@ async def _run_llm(run: RunDir, rc: RunConfig, cfg: InterpretConfig, inputs, lab
                 counts["failed"] += 1
                 failures[e.error] += 1
 
+        stopped = None
         try:
             if cfg.batch:
                 from clients.anthropic_batches import BatchPolicy, run_batches
@@ -151,6 +168,8 @@ async def _run_llm(run: RunDir, rc: RunConfig, cfg: InterpretConfig, inputs, lab
                                   policy=BatchPolicy(poll_interval_s=cfg.batch_poll_s), progress=cfg.progress)
             else:
                 await run_requests(client, requests(), on_result, progress=cfg.progress, total=total, desc="explain")
+        except ClientStopped as e:
+            stopped = e
         finally:
             if own:
                 await client.aclose()
@@ -158,9 +177,13 @@ async def _run_llm(run: RunDir, rc: RunConfig, cfg: InterpretConfig, inputs, lab
     msg = f"interpret: {counts['written']} explanations written, ${spent:.4f} spent"
     if failures:
         msg += f"; failures {dict(failures)}"
-    if counts["not_sent"]:
+        if getattr(client, "last_error", ""):
+            msg += f"; last server error: {client.last_error}"
+    if counts["not_sent"] and stopped is None:
         msg += f"; {counts['not_sent']} latents not sent -- rerun the same command to continue"
     print(msg, file=sys.stderr)
+    if stopped is not None:
+        raise stopped
 
 
 def parse_args(argv: list[str] | None) -> tuple[Path, InterpretConfig]:

@@ -1,10 +1,12 @@
 """`engine.score --best-of N`: N explanations per latent, the best on a selection half of the held-out set.
 
 Candidates are drawn at --best-of-temperature through the explainer's own prompt and
-request path (engine.interpret.explain). The first LLM scorer of the run judges each on
+request path (engine.interpret.explain), their examples drawn by this run's sampler flags
+(--train-type, --n-examples-train, --ratio-top, --n-quantiles). The first LLM scorer of the run judges each on
 half of the held-out activating windows and half of the negatives; the winner is
 appended to results.jsonl with those selection examples added to its `example_ids`, so
-the scores reported afterwards use only the other half.
+the scores reported afterwards use only the other half. A candidate whose selection
+judgements are incomplete (below --min-judged) or failed cannot win.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import msgspec
 import numpy as np
 
 from clients.usage import Usage
-from engine.core.examples import latent_rng
+from engine.core.examples import latent_rng, overlap_reach
 from engine.core.jsonl import JsonlAppender
 from engine.core.latents import selection
 from engine.core.rundir import RunDir
@@ -57,12 +59,13 @@ async def best_of_n(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negativ
     got: dict[int, list[Explanation]] = {}
 
     def explain_requests():
-        for c, split, search, _ in explain_inputs(run, rc, todo, background, cfg.max_examples):
+        for c, split, search, _ in explain_inputs(run, rc, todo, background, cfg.candidate_config(rc.seed), warn=False):
             prompt = explain_prompt(rc, c, split, cfg.explainer, labels)
             contexts[c.latent] = (c, split.explain_ids)
             for j in range(cfg.best_of):
                 cid = f"explain:{c.component_key}:cand{j}"
-                candidates[cid] = (c.latent, Pending(c.latent, c.component_key, search, split.explain_ids, prompt.hash))
+                candidates[cid] = (c.latent, Pending(c.latent, c.component_key, search, split.explain_ids, prompt.hash,
+                                                     split.sampler))
                 yield explain_request(prompt, cid, CANDIDATE_MAX_TOKENS, cfg.best_of_temperature)
 
     def on_explanation(response) -> None:
@@ -78,7 +81,8 @@ async def best_of_n(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negativ
     for latent, cands in got.items():
         c, explain_ids = contexts[latent]
         probe = Explanation(**{**msgspec.structs.asdict(cands[0]), "example_ids": explain_ids})
-        full = score_item(c, probe, negatives, cfg.score, rc.window, n_negatives=2 * cfg.score.n_negatives)
+        full = score_item(c, probe, negatives, cfg.score, overlap_reach(rc.window, rc.center_examples), cfg.scoring_config(probe, rc.seed).n_quantiles,
+                          n_negatives=2 * cfg.score.n_negatives)
         rng = latent_rng(c.component_key, cfg.score.seed, "best-of")
         act = [full.activating[i] for i in rng.permutation(len(full.activating))][: len(full.activating) // 2]
         neg = full.negatives[: len(full.negatives) // 2]
@@ -111,7 +115,7 @@ async def best_of_n(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negativ
             scores = []
             for k, e in enumerate(cands):
                 d = judge.outcome(replace(item, label=e.label), answers[(latent, k)])
-                r = to_result(d, cfg.model, Usage(), n_boot=10)
+                r = to_result(d, cfg.model, Usage(), n_boot=10, min_judged=cfg.score.min_judged)
                 scores.append(r.balanced_accuracy if r.error is None else -1.0)
             if max(scores) < 0:
                 continue  # no candidate could be judged: nothing chosen, a rerun tries again

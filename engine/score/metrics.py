@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.core.examples import stratum_order
 from engine.core.schemas import Metrics
 
 
@@ -189,8 +190,9 @@ def classification_report(y: np.ndarray, pred: np.ndarray, score: np.ndarray | N
     """Metrics of 0/1 predictions (and AUC of `score` when given) with bootstrap 95% intervals.
 
     strata: each example's activation stratum ("top", "q1".., "neg"); recall is reported per
-      stratum of the activating examples. clusters: group ids (latents) for a pooled report,
-      so the intervals resample whole latents rather than examples.
+      stratum of the activating examples, and the number of examples of every stratum.
+    clusters: group ids (latents) for a pooled report, so the intervals resample whole latents
+      rather than examples.
     """
     y = np.asarray(y, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
@@ -211,9 +213,12 @@ def classification_report(y: np.ndarray, pred: np.ndarray, score: np.ndarray | N
             if iv is not None:
                 ci["auc"] = [iv[0], iv[1]]
     per_q: dict[str, float] = {}
+    per_n: dict[str, int] = {}
     if strata is not None:
         strata = np.asarray(strata)
-        for q in sorted(set(strata[y].tolist())):
+        for q in sorted(set(strata[y].tolist()), key=stratum_order):
             m = y & (strata == q)
             per_q[str(q)] = float(pred[m].mean())
-    return Metrics(n_examples=len(y), auc=a, ci=ci, per_quantile_recall=per_q, **values)
+        for q in sorted(set(strata.tolist()), key=stratum_order):
+            per_n[str(q)] = int((strata == q).sum())
+    return Metrics(n_examples=len(y), auc=a, ci=ci, per_quantile_recall=per_q, per_stratum_n=per_n, **values)

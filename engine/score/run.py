@@ -11,7 +11,9 @@ minus every window overlapping one the explainer saw (`example_ids`);
 non-activating ones come from the run's replayed negative pool
 (`engine.interpret.negatives`), also minus anything shown. Output, append-only and
 resumable like interpret (a latent is done for a scorer when the log holds an
-error-free result for its current label):
+error-free result for its current label; a result with fewer than --min-judged of
+its planned excerpts judged is written with error "incomplete", so the next run
+scores it again and summaries leave it out until then):
 
   RUN/scores/<scorer>.jsonl          one ScoreResult per latent
   RUN/scores/details/<scorer>.jsonl  what was judged: one Row per example (+ simulations)
@@ -34,9 +36,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from clients.errors import ClientStopped
 from clients.usage import Usage
 from engine.core.cli import RUN_DIR, parse_config
 from engine.core.errors import UserError
+from engine.core.examples import FillReport, overlap_reach
 from engine.core.jsonl import JsonlAppender
 from engine.core.latents import selection
 from engine.core.rundir import RunDir, primary
@@ -48,7 +52,7 @@ from engine.score.best_of import best_of_n
 from engine.score.config import ScoreRunConfig
 from engine.score.items import Waiting, add_usage, score_item, to_result
 from engine.score.scorers import SCORERS, registry
-from engine.score.scorers.base import Details
+from engine.score.scorers.base import Details, ScoreItem
 from engine.score.summary import format_summary, summarize
 
 
@@ -81,20 +85,29 @@ def run_score(run_dir: str | Path, cfg: ScoreRunConfig, negatives=None, client=N
                         "openai-compatible) and --model; only the embedding and surprisal scorers run offline")
     if llm_needed and not cfg.model:
         raise UserError(f"--provider {cfg.provider} needs --model")
+    if cfg.overwrite:  # after the checks: a refused command moves nothing
+        run.set_aside(cfg.overwrite)
     if not run.read_explanations():
         raise UserError(f"{run.explanations()} holds no explanation -- run "
                         f"python -m engine.interpret {run.root} first")
     if negatives is None:
         from engine.interpret.negatives import open_source
 
-        negatives = open_source(run.root, rc, cfg.non_activating)
+        negatives = open_source(run.root, rc, cfg.non_activating, progress=cfg.progress, neighbours=cfg.neighbours)
     own_client = client is None and llm_needed
     if own_client:
-        client = cfg.make_client()
-    asyncio.run(_score_all(run, rc, cfg, scorers, negatives, client, own_client))
-    summary = summarize(run.root, list(scorers), selection(cfg.latents), cfg.score.n_boot, Shard.parse(cfg.shard))
+        client = cfg.make_client(state_dir=run.root)
+    stopped = None
+    try:
+        asyncio.run(_score_all(run, rc, cfg, scorers, negatives, client, own_client))
+    except ClientStopped as e:  # the client gave up (an outage past the window, a refused key): what was
+        stopped = e             # scored is summarised and exported, then run_cli prints the one line, exit 2
+    summary = summarize(run.root, list(scorers), selection(cfg.latents), cfg.score.n_boot, Shard.parse(cfg.shard),
+                        cfg.min_examples)
     print(format_summary(summary))
     write_exports(run.root)
+    if stopped is not None:
+        raise stopped
     return summary
 
 
@@ -121,30 +134,38 @@ async def _score_pass(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negat
         det.open()
     waiting: dict[str, tuple[Waiting, int]] = {}
     counts = Counter()
+    fill: FillReport | None = None
 
-    def write(name: str, d: Details, model: str, usage: Usage) -> None:
+    def write(name: str, d: Details, model: str, usage: Usage, item: ScoreItem) -> None:
         res, det = writers[name]
         det.append(d)  # details first: a result line always has its details
-        res.append(to_result(d, model, usage, cfg.score.n_boot, cfg.score.seed))
+        r = to_result(d, model, usage, cfg.score.n_boot, cfg.score.seed, cfg.score.min_judged, item.sampler)
+        res.append(r)
         counts[name] += 1
+        counts["incomplete"] += r.error == "incomplete"
 
     def items():
+        nonlocal fill
         for c in run.iter_components(keep):
-            if not owned(c.latent):
+            if not owned(c.latent) or c.firing_count < cfg.min_examples:  # --min-examples: harvested, not scored
                 continue
             e = primary(explanations.get(c.latent, []))
             names = [n for n in scorers if e is not None and (c.latent, e.label) not in done[n]]
             if not names:
                 continue
-            item = score_item(c, e, negatives, cfg.score, rc.window)
+            sampler = cfg.scoring_config(e, rc.seed)
+            item = score_item(c, e, negatives, cfg.score, overlap_reach(rc.window, rc.center_examples),
+                              sampler.n_quantiles, sampler=sampler.record())
+            fill = fill or FillReport(sampler)
+            fill.add(item.activating, len(item.negatives))
             for name in names:
                 s = scorers[name]
                 if not s.llm:
-                    write(name, s.outcome(item, []), getattr(s, "model_name", "") or "all-MiniLM-L6-v2", Usage())
+                    write(name, s.outcome(item, []), getattr(s, "model_name", "") or "all-MiniLM-L6-v2", Usage(), item)
                     continue
                 calls = s.calls(item)
                 if not calls:
-                    write(name, s.outcome(item, []), cfg.model, Usage())
+                    write(name, s.outcome(item, []), cfg.model, Usage(), item)
                     continue
                 w = Waiting(name, item, [None] * len(calls), len(calls))
                 for j, call in enumerate(calls):
@@ -163,7 +184,7 @@ async def _score_pass(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negat
         if refused:  # budget reached, breaker open, bad key: not a verdict on the latent; a rerun retries it
             counts["not sent"] += 1
             return
-        write(w.scorer, scorers[w.scorer].outcome(w.item, w.responses), cfg.model, w.usage)
+        write(w.scorer, scorers[w.scorer].outcome(w.item, w.responses), cfg.model, w.usage, w.item)
 
     try:
         if client is None:  # offline scorers only: drain the generator
@@ -177,8 +198,14 @@ async def _score_pass(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negat
         for res, det in writers.values():
             res.close()
             det.close()
+    if fill is not None and (line := fill.warning(rc.top_k, rc.n_random)):
+        print(line, file=sys.stderr)
     if counts:
-        msg = "score: " + ", ".join(f"{n}: {k} latents" for n, k in counts.items() if n != "not sent")
+        msg = "score: " + ", ".join(f"{n}: {k} latents" for n, k in counts.items()
+                                    if n not in ("not sent", "incomplete"))
+        if counts["incomplete"]:
+            msg += (f"; {counts['incomplete']} (latent, scorer) pairs incomplete (judged below --min-judged), left out "
+                    "of the summary -- rerun the same command to retry them")
         if counts["not sent"]:
             msg += f"; {counts['not sent']} (latent, scorer) pairs not sent -- rerun the same command to continue"
         print(msg, file=sys.stderr)

@@ -2,7 +2,9 @@
 
 Pooled metrics treat every judged example of every latent as one set (micro-average)
 and their 95% intervals resample whole latents. A latent is a "good feature" when
-F1 > 0.7, precision > 0.8 and recall > 0.6 (the seed's thresholds).
+F1 > 0.7, precision > 0.8 and recall > 0.6 (the seed's thresholds). A latent whose last
+result is incomplete (judged below --min-judged) or failed counts in "incomplete" or
+"errors" only, never in the means or pooled metrics.
 """
 
 from __future__ import annotations
@@ -32,20 +34,25 @@ def _last(path, type_, keep: set[int] | None) -> dict:
 
 
 def summarize(run_dir, names: list[str], keep_idx: set[int] | None, n_boot: int = 1000,
-              shard: Shard | None = None) -> dict:
+              shard: Shard | None = None, min_firings: int = 0) -> dict:
     """Per scorer: latents scored, per-latent means, good features, pooled metrics with latent-bootstrap CIs.
     Reads the main logs and every shard log; with `shard`, only its latents, into summary.shard-k-of-N.json."""
     run = RunDir(run_dir)
-    keep = None
-    if keep_idx is not None or shard is not None:
+    keep, few = None, 0
+    if keep_idx is not None or shard is not None or min_firings > 0:
         n = run.load_config().n_latents
-        keep = {c.latent for c in run.iter_components(keep_idx) if shard is None or shard.owns(c.latent, n)}
+        comps = [c for c in run.iter_components(keep_idx) if shard is None or shard.owns(c.latent, n)]
+        keep = {c.latent for c in comps if c.firing_count >= min_firings}  # --min-examples: never scored
+        few = len(comps) - len(keep)
     out = {}
     for name in names:
         results = _last(run.score_log(name), ScoreResult, keep)
         details = _last(run.score_details(name), Details, keep)
         ok = [r for r in results.values() if r.error is None]
-        s: dict = {"latents": len(ok), "errors": len(results) - len(ok)}
+        incomplete = sum(r.error == "incomplete" for r in results.values())
+        s: dict = {"latents": len(ok), "errors": len(results) - len(ok) - incomplete, "incomplete": incomplete}
+        if few:
+            s["skipped_min_examples"] = few
         if ok:
             for m in ("balanced_accuracy", "f1", "precision", "recall"):
                 s[f"mean_{m}"] = float(np.mean([getattr(r, m) for r in ok]))
@@ -106,7 +113,8 @@ def format_summary(summary: dict) -> str:
     for name, s in summary.items():
         p = s.get("pooled")
         if not p:
-            lines.append(f"{name:<11} {s['latents']:>7}  (nothing scored{'; ' + str(s['errors']) + ' errors' if s['errors'] else ''})")
+            left = [f"{s[k]} {k}" for k in ("errors", "incomplete") if s.get(k)]
+            lines.append(f"{name:<11} {s['latents']:>7}  (nothing scored{''.join('; ' + x for x in left)})")
             continue
         ci = p["ci"]
         cells = [_fmt(p[m], ci.get(m)) for m in ("balanced_accuracy", "f1", "precision", "recall", "auc")]
@@ -118,6 +126,10 @@ def format_summary(summary: dict) -> str:
             extras.append(f"intruders found {s['mean_group_accuracy']:.3f}")
         if s["failed_examples"] or s["errors"]:
             extras.append(f"{s['failed_examples']} examples unjudged, {s['errors']} latents failed")
+        if s.get("skipped_min_examples"):
+            extras.append(f"{s['skipped_min_examples']} latents with too few firings not scored (--min-examples)")
+        if s.get("incomplete"):
+            extras.append(f"{s['incomplete']} latents incomplete, left out (rerun engine.score to finish them)")
         if p["per_quantile_recall"]:
             extras.append("recall by stratum " + " ".join(f"{k}={v:.2f}" for k, v in p["per_quantile_recall"].items()))
         lines.append(line + ("\n" + " " * 21 + "; ".join(extras) if extras else ""))

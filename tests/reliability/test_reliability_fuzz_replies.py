@@ -123,5 +123,8 @@ def test_judge_replies_become_predictions_or_counted_failures(item, data, name):
     assert all(r.probability is None or 0.0 <= r.probability <= 1.0 for r in d.rows)
     roundtrip(d, Details)
     result = to_result(d, "m", Usage(), n_boot=20)
-    assert (result.error is None) == any(r.prediction is not None for r in d.rows)
+    judged = sum(r.prediction is not None for r in d.rows)  # a latent is final only when every excerpt was judged
+    assert (result.error is None) == (judged == len(d.rows) > 0)
+    assert (result.error == "incomplete") == (0 < judged < len(d.rows))
+    assert (result.n_examples, result.n_planned) == (judged, len(d.rows))
     roundtrip(result, ScoreResult)

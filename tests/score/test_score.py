@@ -24,8 +24,9 @@ from engine.core.schemas import ScoreResult
 from engine.interpret.config import InterpretConfig
 from engine.interpret.run import run_interpret
 from engine.score.config import ScoreRunConfig
+from engine.score.items import to_result
 from engine.score.run import run_score
-from engine.score.scorers.base import ScoreConfig
+from engine.score.scorers.base import Details, Row, ScoreConfig
 from engine.score.scorers.judge import digit_probabilities, read_binary
 from engine.score.scorers.simulation import expected_values, read_simulation
 from tests.helpers.run_files import details_by_latent as details
@@ -110,25 +111,64 @@ def test_scored_examples_never_overlap_what_the_explainer_saw(labelled):
                 assert run.trigger_id(latent) not in run.tokens[seq, pos - W : pos + W + 1].tolist()
 
 
-def test_resume_and_failures_are_counted(labelled):
+def test_partly_judged_latents_are_incomplete_until_a_rerun_completes_them(labelled):
+    """Issue 19.3: judge requests of latents 1 and 3 fail in the first run (unparsable replies); their records
+    say how many excerpts were judged, are 'incomplete', stay out of the summary, and the rerun sends only
+    their requests and completes them; a third run sends nothing."""
     run = labelled
-    faults = [Fault.of("bad_json", times=3)]
+    faults = [Fault.of("bad_json", match="Explanation: bravo", times=2),
+              Fault.of("bad_json", match="Explanation: delta", times=1)]
     server = FakeLLMServer(responder=Judge(run.vocab), faults=faults).start_in_thread()
     try:
         cfg = ScoreRunConfig(scorers=("detection",), provider="openai-compatible", model="judge",
                              base_url=server.base_url, progress=False)
         negatives = pool_source(run)
         summary = run_score(run.dir, cfg, negatives=negatives)
-        assert summary["detection"]["failed_examples"] == 3 * ScoreConfig().per_prompt
-        first = len(read_records(run.dir / "scores" / "detection.jsonl", ScoreResult))
+        first = scored(run.dir, "detection")
+        rows = {k: d.rows for k, d in details(run.dir, "detection").items()}
+        for latent, r in first.items():
+            judged = sum(row.prediction is not None for row in rows[latent])
+            assert (r.n_examples, r.n_planned) == (judged, len(rows[latent])), latent
+            if latent in (1, 3):
+                assert r.error == "incomplete" and r.n_planned - r.n_examples == (10 if latent == 1 else 5)
+            else:
+                assert r.error is None and r.n_examples == r.n_planned
+        s = summary["detection"]
+        assert (s["latents"], s["incomplete"], s["errors"]) == (run.n_latents - 2, 2, 0)
+        complete = [r for r in first.values() if r.error is None]
+        assert s["pooled"]["n"] == sum(r.n_examples for r in complete)  # pooled over the complete latents only
+        assert s["mean_f1"] == pytest.approx(np.mean([r.f1 for r in complete]))
+        assert {1, 3}.isdisjoint(k for k, v in RunDir(run.dir).latest_scores().items() if "detection" in v)
+
         asked = server.stats()["requests_seen"]
-        run_score(run.dir, cfg, negatives=negatives)  # everything done: nothing sent, nothing appended
+        summary = run_score(run.dir, cfg, negatives=negatives)
+        resent = server.stats()["requests_seen"] - asked
+        assert resent == sum(-(-first[k].n_planned // ScoreConfig().per_prompt) for k in (1, 3))
+        again = scored(run.dir, "detection")
+        assert all(r.error is None and r.n_examples == r.n_planned for r in again.values())
+        assert all(again[k] == first[k] for k in first if k not in (1, 3))  # nothing else was rewritten
+        assert (summary["detection"]["latents"], summary["detection"]["incomplete"]) == (run.n_latents, 0)
+        assert len(read_records(run.dir / "scores" / "detection.jsonl", ScoreResult)) == run.n_latents + 2
+        asked = server.stats()["requests_seen"]
+        run_score(run.dir, cfg, negatives=negatives)  # everything complete: nothing sent, nothing appended
         assert server.stats()["requests_seen"] == asked
-        assert len(read_records(run.dir / "scores" / "detection.jsonl", ScoreResult)) == first == run.n_latents
+        assert len(read_records(run.dir / "scores" / "detection.jsonl", ScoreResult)) == run.n_latents + 2
     finally:
         server.stop()
-    for r in scored(run.dir, "detection").values():
-        assert r.error is None and r.balanced_accuracy == 1.0  # failed prompts are dropped, never guessed
+    assert all(r.balanced_accuracy == 1.0 for r in scored(run.dir, "detection").values())
+
+
+def test_min_judged_sets_the_required_count():
+    """The required count is ceil(min_judged * planned), checked on every split of 7 planned rows."""
+    for n_ok in range(8):
+        for min_judged in (0.0, 0.5, 0.8, 1.0):
+            rows = [Row(f"0:{i}", "top" if i % 2 else "neg", bool(i % 2), None if i >= n_ok else bool(i % 2))
+                    for i in range(7)]
+            d = Details(component_key="h/0", latent=0, scorer="detection", label="x", rows=rows)
+            r = to_result(d, "m", Usage(), n_boot=10, min_judged=min_judged)
+            required = int(np.ceil(min_judged * 7))
+            want = ("no_examples" if n_ok == 0 else "incomplete" if n_ok < required else None)
+            assert (r.error, r.n_examples, r.n_planned) == (want, n_ok, 7), (n_ok, min_judged)
 
 
 def test_embedding_scorer_offline(labelled):

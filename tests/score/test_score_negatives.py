@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from engine.core.errors import UserError
@@ -69,6 +70,32 @@ def test_neighbour_negatives_come_first_from_co_firing_latents(setup):
         assert all(TRIGGERS[c.latent] not in w.tokens for w in ws)
         assert all(TRIGGERS[j] in w.tokens for w in ws[:n_hits])  # the neighbour fires there, c does not
         assert len({w.id for w in ws}) == len(ws) == n_hits + 5
+
+
+def test_neighbours_by_decoder_direction_come_from_the_directions_file(setup, tmp_path):
+    """--neighbours decoder: the windows of the latent whose decoder row is nearest come first."""
+    import pytest
+    from safetensors.torch import save_file
+
+    from engine.core.errors import UserError
+    from engine.core.schemas import DIRECTIONS_FILE
+    from engine.interpret.negatives import direction_neighbours, open_source
+
+    run, rc, pool, comps = setup
+    L = rc.n_latents
+    order = [(lat + 3) % L for lat in range(L)]  # a decoder neighbour unlike any co-firing one
+    table = torch.tensor([[order[lat], -1] for lat in range(L)], dtype=torch.int64)
+    (run.dir / "harvest").mkdir(exist_ok=True)
+    save_file({"decoder_neighbours": table, "decoder_cosine": torch.ones(L, 2)}, str(run.dir / "harvest" / DIRECTIONS_FILE))
+    src = open_source(run.dir, rc, "neighbours", pool=pool, neighbours="decoder")
+    for c in comps:
+        j = order[c.latent]
+        n_hits = int((pool.fires[:, j] & ~pool.fires[:, c.latent]).sum())
+        ws = src.negatives(c, n_hits + 2)
+        assert all(TRIGGERS[j] in w.tokens for w in ws[:n_hits]) and n_hits > 0
+        assert all(TRIGGERS[c.latent] not in w.tokens for w in ws)
+    with pytest.raises(UserError, match="no encoder-direction neighbours"):
+        direction_neighbours(run.dir, "encoder")
 
 
 def test_faiss_negatives_are_the_most_similar_zero_windows(setup):

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.core.cli import cli
 from engine.core.examples import Window, latent_rng
+from engine.core.schemas import Sampler
 from engine.interpret.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -24,9 +25,9 @@ if TYPE_CHECKING:
 class ScoreConfig:
     """Sizes and options shared by the scorers."""
 
-    n_activating: int = cli(40, aliases=("--n_examples_test",))
+    n_activating: int = cli(40, aliases=("--n-examples-test", "--n_examples_test"))
     "Held-out activating windows per latent (fewer when fewer are held out), spread over the strata."
-    n_negatives: int = cli(40, aliases=("--n_non_activating",))
+    n_negatives: int = cli(40, aliases=("--n-non-activating", "--n_non_activating"))
     "Most non-activating windows per latent; scorers use as many as activating ones (balanced classes)."
     per_prompt: int = cli(5, aliases=("--num_examples_per_scorer_prompt",))
     "Excerpts per detection / fuzz / intruder prompt."
@@ -38,6 +39,9 @@ class ScoreConfig:
     "Output ceiling per judge request."
     n_boot: int = 1000
     "Bootstrap resamples for the 95% intervals."
+    min_judged: float = 1.0
+    ("Share of a latent's planned excerpts that must be judged for its score to be final; below it the record is "
+     "'incomplete', retried by the next run and left out of summaries.")
     seed: int = 0
     "Mixed with the component key and scorer name for every random choice."
     surprisal_model: str = ""
@@ -59,6 +63,8 @@ class ScoreItem:
     activating: list[Window]
     negatives: list[Window]
     seed: int = 0
+    sampler: Sampler | None = None
+    "The sampler settings recorded with the results (engine.score.config.ScoreRunConfig.scoring_config)."
 
     def rng(self, salt: str) -> np.random.Generator:
         return latent_rng(self.key, self.seed, salt)
@@ -119,7 +125,9 @@ class Details(msgspec.Struct, kw_only=True):
 
 
 def stratified(windows: list[Window], n: int, rng: np.random.Generator) -> list[Window]:
-    """Up to n windows, round robin over the strata (top, q1, q2, ...), random within each."""
+    """Up to n windows, round robin over the strata (in name order: q1, q2, ..., top), random within each:
+    every stratum gets n // (number of strata) when it holds that many, and the strata that hold more fill
+    the rest."""
     by: dict[str, list[Window]] = {}
     for w in windows:
         by.setdefault(w.stratum, []).append(w)
