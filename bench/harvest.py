@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from bench.baselines import bare_forward, forward_encode, naive_baseline, wall
+from engine.harvest.config import HarvestArgs
 from engine.harvest.data import batches, iter_texts, pack
 from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
 from engine.harvest.dictionaries import Dictionary, load_dictionary
@@ -243,32 +244,6 @@ def breakdown_lines(groups: list[tuple[str, dict, dict]]) -> tuple[list[str], li
     return lines, cols
 
 
-def llama_breakdown(a, device) -> tuple[str, dict, dict] | None:
-    """(b): the 135M-class Llama shape with random weights and random TopK SAEs of each --llama-latents width."""
-    from bench.scale import PRESETS, build_model, random_topk
-
-    widths = [int(x.replace("_", "")) for x in a.llama_latents.split(",") if x.strip()]
-    if not widths:
-        return None
-    ps = PRESETS[a.llama_preset]
-    spec, dtype = ps["model"], getattr(torch, ps["dtype"])
-    model = build_model(spec, dtype, device)
-    V, d = spec["vocab_size"], spec["hidden_size"]
-    g = torch.Generator().manual_seed(1)
-    data = [torch.randint(0, V, (a.llama_batch_size, a.llama_context_length), generator=g).to(device) for _ in range(a.llama_batches)]
-    hook = f"blocks.{ps['layer']}.hook_resid_post"
-    saes = [random_topk(d, n, a.llama_k, hook, device) for n in widths]
-
-    def make_cfg(n):
-        return StateConfig(n_latents=n, vocab_size=V, seq_len=a.llama_context_length, top_k=20, n_random=40, window=16)
-
-    res = breakdown(model, hook, saes, data, make_cfg, reps=a.reps, device=device, budget_s=a.breakdown_budget_s)
-    label = "135M" if a.llama_preset == "llama-135m" else a.llama_preset
-    res["model"] = (f"{label}: {a.llama_preset} shape ({spec['num_hidden_layers']} layers, d_model {d}, vocab {V}, {ps['dtype']}, "
-                    f"random weights), TopK k={a.llama_k} SAEs at {hook}")
-    return label, res, ({CPU_GOAL[0]: CPU_GOAL[1]} if a.llama_preset == "llama-135m" else {})
-
-
 def main(argv=None) -> dict:
     from bench.scale import PRESETS
 
@@ -290,9 +265,11 @@ def main(argv=None) -> dict:
     p.add_argument("--llama-batch-size", type=int, default=4)
     p.add_argument("--llama-context-length", type=int, default=256)
     p.add_argument("--reps", type=int, default=3, help="breakdown repetitions (the minimum of each time is kept)")
-    p.add_argument("--breakdown-budget-s", type=float, default=60.0,
-                   help="per breakdown: a repetition after the first starts only if less than this has passed")
+    p.add_argument("--breakdown-budget-s", type=float, default=60.0, help="per breakdown: a repetition after the first starts only if less than this has passed")
+    p.add_argument("--backend", default="torch", choices=["torch", "jax"], help="jax: the JAX step vs the JAX forward")
     a = p.parse_args(argv)
+    if a.backend == "jax":  # the JAX step against the JAX bare forward (imports jax only here)
+        return __import__("bench.harvest_jax").harvest_jax.run(a.model, a.dictionary, a.batches, a.batch_size, a.context_length, a.reps)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -304,7 +281,8 @@ def main(argv=None) -> dict:
     n_tok = sum(x.numel() for x in data)
     hooked = HookedModel(model, [hook])
     K, W = 20, 16
-    cfg = StateConfig(n_latents=d.n_latents, vocab_size=max(len(tok), model.config.vocab_size), seq_len=a.context_length, top_k=K, n_random=40, window=W)
+    cfg = HarvestArgs(top_k=K, n_random=40, window=W, batch_size=a.batch_size, context_length=a.context_length).state_config(
+        [d], max(len(tok), model.config.vocab_size))  # the CLI's settings (one top per window, ...)
 
     forward, encode = bare_forward(model, data), forward_encode(hooked, d, hook, data)
 
@@ -370,6 +348,8 @@ def main(argv=None) -> dict:
         groups.append(("embedded", res, {}))
     if a.breakdown == "all":
         del model
+        from bench.harvest_llama import llama_breakdown  # (imports this module: loaded here, not at the top)
+
         g = llama_breakdown(a, device)
         if g:
             groups.append(g)

@@ -24,26 +24,12 @@ import time
 import torch
 
 from engine.harvest.firings import Firings
-from engine.harvest.pair_counts import choose_mode
+from engine.harvest.memory import state_bytes
 from engine.harvest.state import HarvestState, StateConfig
 
 
 def formula(cfg: StateConfig) -> dict[str, int]:
-    L, V, K, R, W2 = cfg.n_latents, cfg.vocab_size, cfg.top_k, cfg.n_random, 2 * cfg.window + 1
-
-    def pairs(rows, cols, slots):
-        return rows * cols * 8 if choose_mode(rows, cols, cfg.pair_budget_bytes) == "dense" else rows * slots * 16 + rows * 8
-
-    return {
-        "per-latent scalars (count, sum, max)": L * (8 + 8 + 4),
-        "histogram": L * cfg.n_bins * 8,
-        "top-K (val, loc, window)": L * K * (4 + 8 + 4 * W2),
-        "reservoir (key, loc, val, window)": L * R * (4 + 8 + 4 + 4 * W2),
-        "token totals": V * 8 + (V * 8 if cfg.output_stats else 0) + 8,
-        "input-token pairs": pairs(L, V, cfg.token_slots),
-        "output-token pairs": pairs(L, V, cfg.token_slots) if cfg.output_stats else 0,
-        "co-occurrence pairs": pairs(L, L, cfg.cooc_slots),
-    }
+    return state_bytes(cfg)
 
 
 def rss_mb() -> float:

@@ -30,6 +30,7 @@ BENCHES = {
     "peers": ["-m", "bench.peers"],
     "cost": ["-m", "bench.cost"],
     "scale": ["-m", "bench.scale", "--preset", "tiny"],
+    "watch": ["-m", "bench.watch"],
 }
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"

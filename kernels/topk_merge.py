@@ -185,3 +185,33 @@ def topk_merge(buf_val, buf_loc, lat, val, loc, *, largest=True) -> Tensor:
     """Merge candidates into per-latent best-K buffers in place; returns src [L, K] (see module docstring)."""
     impl = topk_merge_triton if use_triton(buf_val) else topk_merge_torch
     return impl(buf_val, buf_loc, lat, val, loc, largest=largest)
+
+
+# ----------------------------------------------------------------------------- one candidate per group
+
+
+def group_best(group: Tensor, val: Tensor) -> Tensor:
+    """[M] bool: whether each candidate is the best of its group (largest val, ties: the earliest index).
+
+    group [M] int64 group id per candidate (< 2^53; INT64_MAX = no group, never best)
+    val   [M] float candidate values
+
+    The top-K buffers' one-firing-per-window rule: a latent's candidates grouped by (sequence, chunk)
+    keep only their strongest before `topk_merge`, so a row never holds two firings of one chunk.
+    One stable sort and two segment reductions, fixed shapes, no host sync (torch on every device:
+    the sort dominates, and it is already on device)."""
+    if group.shape != val.shape or group.dim() != 1:
+        raise ValueError(f"group {tuple(group.shape)} and val {tuple(val.shape)} must be equal 1-d shapes")
+    M = group.numel()
+    if M == 0:
+        return torch.zeros(0, dtype=torch.bool, device=group.device)
+    order = stable_argsort(group)
+    g, v = group[order], val[order].float()
+    first = torch.ones(M, dtype=torch.bool, device=group.device)
+    first[1:] = g[1:] != g[:-1]
+    seg = first.cumsum(0) - 1  # [M] segment of each sorted candidate
+    top = torch.full((M,), -math.inf, device=group.device).scatter_reduce(0, seg, v, reduce="amax")
+    at_top = torch.where(v == top[seg], order, M)  # original index of each candidate at its group's best
+    earliest = torch.full((M,), M, dtype=torch.int64, device=group.device).scatter_reduce(0, seg, at_top, reduce="amin")
+    best_sorted = (order == earliest[seg]) & (g != INT64_MAX)
+    return torch.zeros(M, dtype=torch.bool, device=group.device).scatter_(0, order, best_sorted)

@@ -2,19 +2,31 @@
 
 Every latent's harvest record has two example lists: `top_examples` (the K
 largest activations, highest first) and `random_examples` (a uniform sample of
-all firings). The split is:
+all firings). The split is set by the sampler settings (`SplitConfig`, delphi's
+names; recorded in every Explanation and ScoreResult):
 
 * strata: "top" for the top list; the random list (minus any firing already in
   the top list) is cut into `n_quantiles` equal-count bins by activation rank,
   "q1" (weakest firings) to "qN" (strongest). Recall is later reported per stratum.
-* explainer set: every other top example (ranks 0, 2, 4, ... counted over the
-  examples whose window does not overlap one already chosen; at most
-  `explain_top`), plus `explain_per_quantile` examples drawn at random from every
-  quantile bin (again skipping overlaps), so the explainer sees both the
-  strongest and typical firings, and no text twice.
+* explainer set, `n_examples_train` examples by `train_type`:
+  - top: from the top list only, at alternating ranks (0, 2, 4, ... counted over
+    the examples whose window does not overlap one already chosen), then the
+    remaining ones strongest first, so the top stratum keeps held-out examples
+    while n_examples_train <= K / 2;
+  - random: drawn uniformly from the random sample (uniform over all firings);
+  - quantiles: n_examples_train / n_quantiles drawn at random from every bin
+    (the remainder one each to the strongest bins);
+  - mix (default): round(ratio_top * n_examples_train) from the top list at
+    alternating ranks only (so half its distinct windows are always held out), the
+    rest spread over the bins as for `quantiles`.
+  Every draw skips a window overlapping one already chosen, so no text is shown
+  twice; a bin or list that runs out gives fewer examples (nothing spills over).
 * held-out set: every other example whose token window does not overlap any
   explainer window (same sequence, intersecting positions), so no scored token
-  was ever shown to the explainer.
+  was ever shown to the explainer. Scorers draw `n_examples_test` of them round
+  robin over the strata; `FillReport` counts the latents whose held-out set
+  cannot give every stratum its even share (n_examples_test // (1 + n_quantiles))
+  or the whole n_examples_test, for the one-line warning of interpret and score.
 
 The draw is deterministic: its generator is seeded by `SplitConfig.seed` and the
 latent's component key (SHA-256), independent of the order latents are processed.
@@ -26,11 +38,14 @@ those ids, so the guarantee holds even if the split settings change between runs
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
-from engine.core.schemas import ActivationExample, ComponentData
+from engine.core.errors import UserError
+from engine.core.schemas import TRAIN_TYPES, ActivationExample, ComponentData, Sampler
 
 
 @dataclass(frozen=True)
@@ -75,31 +90,51 @@ class Window:
                    activations=e.activations, stratum=stratum, position=e.position)
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    """How many examples the explainer sees; everything else is held out."""
+class SplitConfig(Sampler, kw_only=True, frozen=True):
+    """The sampler settings (fields and meaning: engine.core.schemas.Sampler) and the counts they imply."""
 
-    explain_top: int = 10
-    "Top examples shown (every other distinct one of the top list)."
-    explain_per_quantile: int = 2
-    "Random examples shown from each activation-quantile bin."
-    n_quantiles: int = 5
-    "Equal-count bins of the random sample by activation."
-    seed: int = 0
-    "Mixed with the component key to seed each latent's draw."
+    def __post_init__(self):
+        bad = [] if self.train_type in TRAIN_TYPES else [f"--train-type {self.train_type!r} ({'|'.join(TRAIN_TYPES)})"]
+        bad += [f"--ratio-top {self.ratio_top} (between 0 and 1)"] if not 0.0 <= self.ratio_top <= 1.0 else []
+        bad += [f"--n-quantiles {self.n_quantiles} (at least 1)"] if self.n_quantiles < 1 else []
+        bad += [f"--{name.replace('_', '-')} {getattr(self, name)} (at least 0)"
+                for name in ("n_examples_train", "n_examples_test", "n_non_activating") if getattr(self, name) < 0]
+        if bad:
+            raise UserError(f"sampler settings: {'; '.join(bad)}")
 
     @classmethod
     def with_budget(cls, max_examples: int, n_quantiles: int = 5, seed: int = 0) -> SplitConfig:
-        """About `max_examples` shown: half from the top, the rest spread over the quantile bins."""
-        top = max(1, (max_examples + 1) // 2)
-        per_q = max(0, (max_examples - top) // n_quantiles)
-        return cls(explain_top=top, explain_per_quantile=per_q, n_quantiles=n_quantiles, seed=seed)
+        """The default mix with `max_examples` shown: half from the top, the rest spread over the bins."""
+        return cls(n_examples_train=max_examples, n_quantiles=n_quantiles, seed=seed)
+
+    @property
+    def explain_top(self) -> int:
+        """Explainer examples taken from the top list."""
+        if self.train_type == "top":
+            return self.n_examples_train
+        if self.train_type == "mix":
+            return int(self.ratio_top * self.n_examples_train + 0.5)
+        return 0
+
+    def per_quantile(self) -> list[int]:
+        """Explainer examples drawn from q1..qN (quantiles, mix): the rest of the budget, the remainder
+        one each to the strongest bins."""
+        if self.train_type not in ("quantiles", "mix"):
+            return [0] * self.n_quantiles
+        base, extra = divmod(self.n_examples_train - self.explain_top, self.n_quantiles)
+        return [base + (q >= self.n_quantiles - extra) for q in range(self.n_quantiles)]
+
+    def record(self) -> Sampler:
+        """These settings as the record stored with explanations and scores."""
+        return Sampler(**msgspec.structs.asdict(self))
 
 
 @dataclass
 class Split:
     explain: list[Window] = field(default_factory=list)
     held_out: list[Window] = field(default_factory=list)
+    sampler: SplitConfig | None = None
+    "The settings this split was drawn with."
 
     @property
     def explain_ids(self) -> list[str]:
@@ -125,7 +160,8 @@ def strata(c: ComponentData, n_quantiles: int) -> list[Window]:
     return out
 
 
-def split_examples(c: ComponentData, cfg: SplitConfig = SplitConfig()) -> Split:
+def split_examples(c: ComponentData, cfg: SplitConfig | None = None) -> Split:
+    cfg = cfg or SplitConfig()
     windows = strata(c, cfg.n_quantiles)
     rng = latent_rng(c.component_key, cfg.seed, "split")
     explain: list[Window] = []
@@ -133,28 +169,133 @@ def split_examples(c: ComponentData, cfg: SplitConfig = SplitConfig()) -> Split:
     def clashes(w: Window) -> bool:
         return any(w.overlaps(e.sequence, e.start, e.end) for e in explain)
 
-    # top: alternate explain / held out over the windows that do not overlap an explained one
-    turn = 0
-    for w in (w for w in windows if w.stratum == "top"):
+    # top: alternate explain / held out over the windows that do not overlap an explained one, then the rest
+    tops = [w for w in windows if w.stratum == "top"]
+    turn, taken = 0, []
+    for w in tops:
         if clashes(w):
             continue
-        if turn % 2 == 0 and len(explain) < cfg.explain_top:
+        if turn % 2 == 0 and len(taken) < cfg.explain_top:
             explain.append(w)
+            taken.append(w)
         turn += 1
-    by_q: dict[str, list[Window]] = {}
-    for w in windows:
-        if w.stratum != "top":
-            by_q.setdefault(w.stratum, []).append(w)
-    for q in sorted(by_q, key=lambda s: int(s[1:])):
-        taken = 0
-        for i in rng.permutation(len(by_q[q])).tolist():
-            if taken == cfg.explain_per_quantile:
-                break
-            if not clashes(by_q[q][i]):
-                explain.append(by_q[q][i])
-                taken += 1
+    for w in tops if cfg.train_type == "top" else ():  # top: then the odd ranks, strongest first
+        if len(taken) >= cfg.explain_top:
+            break
+        if w not in taken and not clashes(w):
+            explain.append(w)
+            taken.append(w)
+    if cfg.train_type == "random":  # uniform over firings: the random sample, wherever its windows were filed
+        sampled = {f"{e.sequence}:{e.position}" for e in c.random_examples}
+        pool = [w for w in windows if w.id in sampled]
+        _draw(pool, cfg.n_examples_train, rng, explain, clashes)
+    else:
+        by_q: dict[str, list[Window]] = {}
+        for w in windows:
+            if w.stratum != "top":
+                by_q.setdefault(w.stratum, []).append(w)
+        shares = cfg.per_quantile()
+        for q in sorted(by_q, key=stratum_order):
+            _draw(by_q[q], shares[int(q[1:]) - 1], rng, explain, clashes)
     held = [w for w in windows if not clashes(w)]
-    return Split(explain=explain, held_out=held)
+    return Split(explain=explain, held_out=held, sampler=cfg)
+
+
+def _draw(pool: list[Window], n: int, rng: np.random.Generator, explain: list[Window], clashes) -> None:
+    """Append up to n windows of `pool` to `explain`, in random order, skipping any that overlap one chosen."""
+    taken = 0
+    for i in rng.permutation(len(pool)).tolist():
+        if taken == n:
+            break
+        if not clashes(pool[i]):
+            explain.append(pool[i])
+            taken += 1
+
+
+def strata_names(n_quantiles: int) -> list[str]:
+    """top, q1 .. qN: the order scorers draw held-out windows in."""
+    return ["top"] + [f"q{q}" for q in range(1, n_quantiles + 1)]
+
+
+def stratum_order(name: str) -> tuple[int, int, str]:
+    """Sort key: top, then q1, q2, ..., q10 (numerically), then anything else by name."""
+    if name == "top":
+        return (0, 0, "")
+    if name[:1] == "q" and name[1:].isdigit():
+        return (1, int(name[1:]), "")
+    return (2, 0, name)
+
+
+def shortfall(held: list[Window], cfg: Sampler) -> dict[str, int]:
+    """stratum -> activating windows the requested test set lacks there (its even share, n_examples_test //
+    (1 + n_quantiles), minus those held out), and 'total' when fewer than n_examples_test are held out in all."""
+    names = strata_names(cfg.n_quantiles)
+    share = cfg.n_examples_test // len(names)
+    have = Counter(w.stratum for w in held if w.activating)
+    out = {s: share - have[s] for s in names if have[s] < share}
+    if sum(have.values()) < cfg.n_examples_test:
+        out["total"] = cfg.n_examples_test - sum(have.values())
+    return out
+
+
+@dataclass
+class FillReport:
+    """Latents whose held-out set cannot fill the requested test set, for one warning line per run."""
+
+    cfg: Sampler
+    seen: int = 0
+    short: Counter = field(default_factory=Counter)
+    "stratum (or 'total') -> latents short there."
+    latents_short: int = 0
+    negatives_short: int = 0
+    "Latents given fewer non-activating windows than they need (score only)."
+
+    def add(self, held: list[Window], n_negatives: int | None = None) -> None:
+        gaps = shortfall(held, self.cfg)
+        self.seen += 1
+        self.short.update(gaps.keys())
+        self.latents_short += bool(gaps)
+        if n_negatives is not None:
+            need = min(self.cfg.n_non_activating, sum(w.activating for w in held), self.cfg.n_examples_test)
+            self.negatives_short += n_negatives < need
+
+    def warning(self, top_k: int, n_random: int) -> str | None:
+        """One line, or None when every latent's test set could be filled."""
+        parts = []
+        if self.latents_short:
+            n = self.cfg.n_examples_test
+            share = n // (1 + self.cfg.n_quantiles)
+            worst = ", ".join(f"{k} {v}" for k, v in self.short.most_common(4))
+            parts.append(f"--n-examples-test {n} ({share} per stratum over top, q1..q{self.cfg.n_quantiles}) cannot "
+                         f"be filled from the harvested sample (top_k {top_k}, n_random {n_random}) for "
+                         f"{self.latents_short} of {self.seen} latents (latents short per stratum: {worst})")
+        if self.negatives_short:
+            parts.append(f"{self.negatives_short} of {self.seen} latents got fewer non-activating examples than "
+                         f"their held-out activating ones (--n-non-activating {self.cfg.n_non_activating})")
+        if not parts:
+            return None
+        return ("warning: " + "; ".join(parts) + " -- harvest a larger sample (n_random) or lower --n-examples-test "
+                "/ --n-quantiles")
+
+
+def window_centre(pos, seq_len: int, window: int, centred: bool = True):
+    """The position an example's 2W+1-token window is centred on (int or tensor positions).
+
+    centred (--center-examples, the default): the firing itself, the window clipped to its sequence.
+    Otherwise delphi's fixed chunks: the window is the chunk [j (2W+1), (j+1)(2W+1)) holding the firing,
+    the last one moved back to end at the sequence's end (every window is whole and holds its firing)."""
+    if centred:
+        return pos
+    c = 2 * window + 1
+    start, last = pos // c * c, max(seq_len - c, 0)
+    start = start.clamp(max=last) if hasattr(start, "clamp") else min(start, last)
+    mid = start + window
+    return mid.clamp(max=seq_len - 1) if hasattr(mid, "clamp") else min(mid, seq_len - 1)
+
+
+def overlap_reach(window: int, centred: bool = True) -> int:
+    """How far from its firing an example's window reaches: W centred, up to 2W in fixed chunks."""
+    return window if centred else 2 * window
 
 
 def parse_id(example_id: str) -> tuple[int, int]:

@@ -36,8 +36,10 @@ def parse_latents(spec: str) -> tuple[list[int], dict[int, float]]:
         part = part.strip()
         try:
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                out.update(range(int(lo), int(hi) + 1))
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise UserError(f"--latents {spec!r}: range {part!r} is empty (ends before it starts) -- write it as {hi}-{lo}")
+                out.update(range(lo, hi + 1))
             elif part:
                 out.add(int(part))
         except ValueError:

@@ -13,6 +13,8 @@
     RUN/scores/details/<scorer>.jsonl   what each score judged
     RUN/scores/summary.json          pooled metrics
     RUN/report/                      the static site (engine.report)
+    RUN/replaced-<time>/             what --overwrite moved aside
+    RUN/capabilities.json            what the LLM clients learned a model refuses (clients/capabilities.py)
 
 No other module spells these names: they ask a `RunDir`. Files that are rewritten
 whole go through `replacing` / `write_atomic` (temp file beside the target, fsync,
@@ -22,6 +24,8 @@ rename), so a reader sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +78,11 @@ def primary(records: list[Explanation]) -> Explanation | None:
     return next((e for e in reversed(records) if e.source == "llm" and e.error is None), records[-1])
 
 
+OVERWRITE = {"harvest": ("harvest", "negatives", "interpretations", "scores"),
+             "explanations": ("interpretations", "scores"), "scores": ("scores",)}
+"--overwrite STAGE: the run folders a fresh start of each stage sets aside (its own and what was built on it)."
+
+
 class RunDir:
     """Paths and readers of one run directory."""
 
@@ -111,6 +120,11 @@ class RunDir:
     @property
     def tokens(self) -> Path:
         return self.harvest / "tokens.bin"
+
+    @property
+    def token_bytes(self) -> Path:
+        """The raw bytes of every token id (engine.core.token_text.TokenText)."""
+        return self.harvest / "token_bytes.json"
 
     def checkpoint(self, rank: int | None = None) -> Path:
         """The accumulator checkpoint (a folder); under torchrun one per rank."""
@@ -165,6 +179,28 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    # ------------------------------------------------------------------ overwrite
+
+    def set_aside(self, stages: tuple[str, ...]) -> Path | None:
+        """--overwrite: move the named stages' outputs, and those of the later stages built on them, into
+        RUN/replaced-<UTC time>/ (never deleted); returns that folder, or None when there was nothing."""
+        unknown = set(stages) - set(OVERWRITE)
+        if unknown:
+            raise UserError(f"--overwrite {' '.join(sorted(unknown))}: choose from {', '.join(OVERWRITE)}")
+        names = sorted({n for s in stages for n in OVERWRITE[s]}, key=[*OVERWRITE["harvest"]].index)
+        present = [n for n in names if (self.root / n).exists()]
+        if not present:
+            return None
+        dest = self.root / time.strftime("replaced-%Y%m%d-%H%M%S", time.gmtime())
+        while dest.exists():
+            dest = dest.with_name(dest.name + "+")
+        dest.mkdir(parents=True)
+        for n in present:
+            os.rename(self.root / n, dest / n)
+        print(f"overwrite: moved {', '.join(present)} of {self.root} to {dest} (delete it when no longer needed)",
+              file=sys.stderr)
+        return dest
 
     # ------------------------------------------------------------------ readers
 

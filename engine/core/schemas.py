@@ -54,6 +54,8 @@ class TokenStats(msgspec.Struct):
     "False when counts come from the bounded heavy-hitter sketch (see error_bound)."
     error_bound: float
     "Upper bound on how much any listed count may be under-estimated (0 when exact)."
+    measure: str = ""
+    "What is counted, the same on both sides of precision and PMI: 'input token' (occurrences) or 'top-T next-token mass' (the model's T most likely next tokens' probabilities, at firing positions for the joint and at every counted position for the marginal)."
 
 
 class ComponentCorrelations(msgspec.Struct):
@@ -70,7 +72,11 @@ class ComponentCorrelations(msgspec.Struct):
     exact: bool
     "False when the sparse-pair sketch was used."
     error_bound: float
-    "Upper bound on the under-estimate of any listed joint count."
+    "Upper bound on the under-estimate of any listed joint count (by the sketch; on top of sampling error)."
+    sample_rate: float = 1.0
+    "Share of token positions whose co-firings were counted (a deterministic uniform sample; 1: all). Below 1, counts are estimates: sampled count / rate."
+    count_se: dict[int, float] = {}
+    "Below sample_rate 1: the standard error of each listed latent's co-firing count estimate, sqrt(c rate (1 - rate)) / rate."
 
 
 class ActivationExample(msgspec.Struct):
@@ -129,6 +135,10 @@ class ComponentData(msgspec.Struct):
     correlations: ComponentCorrelations
 
 
+DIRECTIONS_FILE = "directions.safetensors"
+"RUN/harvest/ file of decoder-cosine neighbours and logit-effect histograms (layout: engine/harvest/neighbours.py)."
+
+
 class HookpointInfo(msgspec.Struct):
     """One hooked site and the dictionary attached to it."""
 
@@ -146,6 +156,8 @@ class HookpointInfo(msgspec.Struct):
     "Global index of this hookpoint's first latent."
     latent_ids: list[int] | None = None
     "Original dictionary indices when only a subset was harvested (--latents); else None."
+    revision: str | None = None
+    "Hub commit the dictionary's files were read at, when it was given by name (sae-lens:, gemma-scope:, OWNER/REPO)."
 
 
 class RunConfig(msgspec.Struct, kw_only=True):
@@ -167,6 +179,10 @@ class RunConfig(msgspec.Struct, kw_only=True):
     n_random: int
     window: int
     "Tokens kept each side of a firing."
+    center_examples: bool = True
+    "Example windows centred on the firing (True), or delphi's fixed chunks of 2 window + 1 tokens holding it (False)."
+    top_chunk: int = 0
+    "Top-K rule: at most one top example per latent in each chunk [j c, (j+1) c) of a sequence (c = top_chunk, 2 window + 1 by default); 0: no limit (older runs)."
     histogram_edges: list[float]
     filter_bos: bool
     output_stats: bool
@@ -174,10 +190,40 @@ class RunConfig(msgspec.Struct, kw_only=True):
     engine_version: str
     backend: str
     "torch reference path or triton kernels."
+    dataset_name: str | None = None
+    "HF dataset config (--dataset-name), if any."
+    dataset_split: str | None = None
+    "Split (spec) read through `datasets`, e.g. train or train[:1%]; None for jsonl/txt files, which have none."
+    random_dictionary: bool = False
+    "The dictionaries' weights were replaced by random ones (--random-dictionary): a control run."
     extra: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- interpret / score
+
+
+TRAIN_TYPES = ("top", "random", "quantiles", "mix")
+"How the explainer's examples are drawn (engine.core.examples)."
+
+
+class Sampler(msgspec.Struct, kw_only=True, frozen=True):
+    """Which examples the explainer sees and which are scored (delphi's sampler controls), as recorded with
+    every Explanation and ScoreResult. The draw itself is engine.core.examples.split_examples."""
+
+    n_examples_train: int = 20
+    "Activation examples shown to the explainer."
+    train_type: Literal["top", "random", "quantiles", "mix"] = "mix"
+    "top: the strongest | random: uniform over firings | quantiles: spread over activation strata | mix: both."
+    ratio_top: float = 0.5
+    "mix: share of the shown examples taken from the top list (the rest spread over the strata)."
+    n_quantiles: int = 5
+    "Equal-count activation strata q1 (weakest) .. qN of the uniform sample (the top list is stratum 'top')."
+    n_examples_test: int = 40
+    "Held-out activating examples per scored latent, spread over top, q1..qN."
+    n_non_activating: int = 40
+    "Non-activating examples per scored latent (contrastive explainer: shown to it)."
+    seed: int = 0
+    "Mixed with the component key to seed each latent's draw."
 
 
 class ExplanationOutput(msgspec.Struct, forbid_unknown_fields=True):
@@ -212,6 +258,8 @@ class Explanation(msgspec.Struct, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     error: str | None = None
     "Classified failure (e.g. refusal, truncated, invalid_json); label falls back to search_label."
+    sampler: Sampler | None = None
+    "The sampler settings its examples were drawn with (None in files written before they were recorded)."
 
 
 class Metrics(msgspec.Struct, kw_only=True):
@@ -229,6 +277,8 @@ class Metrics(msgspec.Struct, kw_only=True):
     "Bootstrap 95% interval per metric: name -> [low, high]."
     per_quantile_recall: dict[str, float]
     "Recall of the activating examples per activation stratum (top, q1..qN)."
+    per_stratum_n: dict[str, int] = {}
+    "Judged examples per stratum (top, q1..qN; neg and fuzzed for the non-activating ones)."
 
 
 SCORE_METRICS = ("f1", "precision", "recall", "balanced_accuracy", "auc")
@@ -245,3 +295,9 @@ class ScoreResult(Metrics, kw_only=True):
     model: str
     usage: Usage = msgspec.field(default_factory=Usage)
     error: str | None = None
+    """'incomplete' when fewer than the required share of n_planned excerpts were judged (not final: retried by the
+    next engine.score run, left out of summaries); else a classified failure, or None."""
+    n_planned: int = 0
+    "Excerpts the scorer set out to judge; n_examples of them were judged (0 in files written before this field)."
+    sampler: Sampler | None = None
+    "The explanation's sampler settings with this scoring's n_quantiles, n_examples_test and n_non_activating."

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from engine.harvest.state import HarvestState
 
-SUMMED = ("n_tokens", "overflow", "count", "act_sum", "hist", "tok_total", "out_total")
+SUMMED = ("n_tokens", "overflow", "cooc_excess", "count", "act_sum", "hist", "tok_total", "out_total")
 
 
 def world() -> tuple[int, int]:

@@ -57,7 +57,10 @@ class Harvester:
         if logits is not None and self.state.cfg.output_stats:
             probs = torch.softmax(logits.float().reshape(B * S, -1), dim=-1)  # [B*S, V]
             v = valid.reshape(-1) if valid is not None else torch.ones(B * S, dtype=torch.bool, device=self.device)
-            next_mass = (v.to(probs.dtype) @ probs).double()  # [V] mass over valid positions
-            top_p, top_id = probs.topk(self.state.cfg.output_top, dim=-1)
+            top_p, top_id = probs.topk(self.state.cfg.output_top, dim=-1)  # [B*S, T]
             next_top = (top_id, top_p)
+            # The marginal is the same top-T mass, over every valid position: precision and PMI compare
+            # like with like (a latent firing wherever t is predicted has precision 1).
+            next_mass = torch.zeros(self.state.cfg.vocab_size, dtype=torch.float64, device=self.device).index_add_(
+                0, top_id.reshape(-1), (top_p * v[:, None]).reshape(-1).double())  # [V]
         self.state.update(tokens, firings, seq_ids=seq_ids.to(self.device), valid=valid, next_top=next_top, next_mass=next_mass)

@@ -16,6 +16,7 @@ Lists keep the top `top_n` entries with joint count >= `min_count`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import msgspec
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from engine.core.examples import window_centre
 from engine.core.rundir import RunDir, replacing, write_atomic
 from engine.core.schemas import (
     ActivationExample,
@@ -36,7 +38,10 @@ from engine.core.schemas import (
     Scored,
     TokenStats,
 )
+from engine.core.token_text import TokenText
+from engine.harvest.neighbours import write_directions
 from engine.harvest.state import HarvestState, StateConfig
+from engine.harvest.token_bytes import token_bytes
 
 TOP_N = 10
 MIN_COUNT = 2
@@ -53,14 +58,21 @@ def run_config(a, model, dicts, sites, cfg: StateConfig, n_seq: int, n_tokens: i
         model=a.model, model_class=type(model).__name__, n_layers=int(getattr(model.config, "num_hidden_layers", 0)),
         dataset=a.dataset, dataset_column=a.dataset_column, context_length=cfg.seq_len, batch_size=a.batch_size,
         n_sequences=n_seq, n_tokens=n_tokens, hookpoints=hps, n_latents=cfg.n_latents, top_k=cfg.top_k,
-        n_random=cfg.n_random, window=cfg.window, histogram_edges=cfg.hist_edges(), filter_bos=a.filter_bos,
+        n_random=cfg.n_random, window=cfg.window, top_chunk=cfg.top_chunk, center_examples=cfg.center_examples,
+        histogram_edges=cfg.hist_edges(), filter_bos=a.filter_bos,
         output_stats=cfg.output_stats, seed=cfg.seed, engine_version=version, backend="torch",
     )
 
 
+def token_text(tokenizer, vocab: int) -> TokenText:
+    """Every token's raw bytes: windows decode whole (no U+FFFD for split characters), lone tokens readably."""
+    return TokenText(token_bytes(tokenizer, vocab))
+
+
 def token_strings(tokenizer, vocab: int) -> list[str]:
-    n = len(tokenizer)
-    return [tokenizer.decode([i]) if i < n else f"<{i}>" for i in range(vocab)]
+    """Each token alone, readably (bytes that are no character as <0xNN>)."""
+    tt = token_text(tokenizer, vocab)
+    return [tt.readable(i) for i in range(vocab)]
 
 
 def _ranked(names, index: Tensor, value: Tensor, count: Tensor, n: int, descending=True) -> list[Scored]:
@@ -76,11 +88,12 @@ def _sig(x) -> float:
     return float(f"{float(x):.6g}")
 
 
-def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, names, jaccard=False):
-    """Precision/recall/PMI(/Jaccard) lists for one row of a pair table (integer or float counts; float64 math)."""
+def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, names, jaccard=False, rate=1.0):
+    """Precision/recall/PMI(/Jaccard) lists for one row of a pair table (integer or float counts; float64 math).
+    rate < 1: the counts are of a position sample (engine.harvest.subsample), scaled here by 1 / rate."""
     joint = joint.double()
     keep = (joint >= MIN_COUNT) & (marg[cols] > 0)
-    cols, joint = cols[keep], joint[keep]
+    cols, joint = cols[keep], joint[keep] / rate
     m = marg[cols].double()
     prec = joint / n_i if jaccard else joint / m
     rec = joint / m if jaccard else joint / n_i
@@ -103,6 +116,13 @@ def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, m
     s = {k: v.cpu() for k, v in state.tensors().items()}
     write_summary(rc, s, run)
     write_components(state, rc, dicts, tokenizer, store, model, run.components, s["count"])
+    write_vocabulary_files(rc, dicts, tokenizer, model, run, state.cfg.vocab_size)
+
+
+def write_vocabulary_files(rc: RunConfig, dicts, tokenizer, model, run: RunDir, vocab: int) -> None:
+    """token_bytes.json (every token's bytes) and directions.safetensors (engine/harvest/neighbours.py)."""
+    token_text(tokenizer, vocab).save(run.token_bytes)
+    write_directions(dicts, model, rc, run.harvest)
 
 
 def write_summary(rc: RunConfig, stats: dict[str, Tensor], run: RunDir) -> None:
@@ -121,7 +141,8 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tokenizer, store
     lo, _ = cfg.rows
     s = {k: v.cpu() for k, v in state.tensors().items()}
     N = float(s["n_tokens"])
-    vocab_str = token_strings(tokenizer, cfg.vocab_size)
+    tt = token_text(tokenizer, cfg.vocab_size)
+    vocab_str = [tt.readable(i) for i in range(cfg.vocab_size)]
     original = [(h, h.latent_ids[i] if h.latent_ids else i) for h in rc.hookpoints for i in range(h.n_latents)]
     keys = [f"{h.name}/{i}" for h, i in original]
     lens = logit_lens(dicts, model, rc)
@@ -136,32 +157,49 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tokenizer, store
             cols, w = state.in_tok.row_entries(row)
             ins = pair_stats(cols.cpu(), w.cpu(), n_i, s["tok_total"].double(), N, vocab_str.__getitem__)
             in_stats = TokenStats(top_precision=ins["precision"], top_recall=ins["recall"], top_pmi=ins["pmi"],
-                                  exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(row))
+                                  exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(row),
+                                  measure="input token")
             out_stats = None
             if state.out_tok is not None and len(s["out_total"]):
                 cols, w = state.out_tok.row_entries(row)
                 o = pair_stats(cols.cpu(), w.cpu(), n_i, s["out_total"], N, vocab_str.__getitem__)
                 out_stats = TokenStats(top_precision=o["precision"], top_recall=o["recall"], top_pmi=o["pmi"],
-                                       exact=False, error_bound=state.out_tok.error_bound(row))
+                                       exact=state.out_tok.mode == "dense", error_bound=state.out_tok.error_bound(row),
+                                       measure=f"top-{cfg.output_top} next-token mass")
             cols, w = cooc_rows.row_entries(row)
             cols, w = cols.cpu(), w.cpu()
             self_mask = cols != lat
-            co = pair_stats(cols[self_mask], w[self_mask], n_i, count.double(), N, keys.__getitem__, jaccard=True)
-            corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(row))
+            rate = cfg.cooc_rate if cooc_rows.mode == "sketch" else 1.0
+            co = pair_stats(cols[self_mask], w[self_mask], n_i, count.double(), N, keys.__getitem__, jaccard=True,
+                            rate=rate)
+            corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(row) / rate,
+                                         sample_rate=rate, count_se=_sample_se(co, rate))
             comp = ComponentData(
                 component_key=keys[lat], hookpoint=hp.name, component_idx=original[lat][1], latent=lat,
                 firing_count=int(n_i), firing_density=n_i / N if N else 0.0,
                 mean_activation=float(s["act_sum"][row]) / n_i, max_activation=float(s["act_max"][row]),
                 histogram=s["hist"][row].tolist(),
-                top_examples=examples(s["top_loc"][row], s["top_val"][row], s["top_win"][row], store, cfg.window, vocab_str, "top"),
-                random_examples=examples(s["res_loc"][row], s["res_val"][row], s["res_win"][row], store, cfg.window, vocab_str, "random"),
+                top_examples=examples(s["top_loc"][row], s["top_val"][row], s["top_win"][row], store, cfg.window, tt, "top",
+                                      cfg.center_examples),
+                random_examples=examples(s["res_loc"][row], s["res_val"][row], s["res_win"][row], store, cfg.window, tt, "random",
+                                         cfg.center_examples),
                 input_token_stats=in_stats, output_token_stats=out_stats,
                 logit_lens=lens(lat, vocab_str) if lens else None, correlations=corr,
             )
             f.write(enc.encode(comp) + b"\n")
 
 
-def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, vocab_str, source) -> list[ActivationExample]:
+def _sample_se(lists: dict[str, list[Scored]], rate: float) -> dict[int, float]:
+    """Standard error of each listed count c (an estimate c = sampled / rate): sqrt(c rate (1 - rate)) / rate."""
+    if rate >= 1:
+        return {}
+    return {s.index: _sig(math.sqrt(s.count * rate * (1 - rate)) / rate) for lst in lists.values() for s in lst}
+
+
+def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, tt: TokenText, source,
+             centred: bool = True) -> list[ActivationExample]:
+    """The examples at `locs`; each window's tokens are its bytes decoded whole, one piece per token; windows
+    centred on the firing or in its fixed chunk (core.examples.window_centre)."""
     S = store.shape[1]
     tokens = np.asarray(store.arr)  # a plain view of the memmap: slicing a np.memmap costs ~5 us per example
     wins = wins.numpy().round(5)  # [K, 2W+1]
@@ -170,11 +208,12 @@ def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, vocab_str,
         if loc < 0:
             continue
         seq, pos = divmod(loc, S)
-        a, b = max(0, pos - W), min(S, pos + W + 1)  # TokenStore.window: the ±W window clipped to its sequence
+        mid = pos if centred else window_centre(pos, S, W, centred=False)
+        a, b = max(0, mid - W), min(S, mid + W + 1)  # the ±W window around mid, clipped to its sequence
         ids, fi = tokens[seq, a:b].tolist(), pos - a
-        lo = W - fi  # window rows start at offset -W; clip to the sequence
+        lo = a - (mid - W)  # window rows start at mid - W
         out.append(ActivationExample(sequence=seq, position=pos, activation=round(val, 6), token_ids=ids,
-                                     tokens=[vocab_str[i] for i in ids], activations=wins[j, lo : lo + len(ids)].tolist(),
+                                     tokens=tt.pieces(ids), activations=wins[j, lo : lo + len(ids)].tolist(),
                                      firing_index=fi, source=source))
     return out
 

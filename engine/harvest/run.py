@@ -38,19 +38,18 @@ from tqdm import tqdm
 
 from engine.core.cli import parse_config
 from engine.core.errors import UserError
-from engine.core.latents import parse_latents
 from engine.core.rundir import RunDir, replacing
 from engine.harvest.config import HarvestArgs
-from engine.harvest.data import TokenStore, batches, iter_texts, pack
-from engine.harvest.defaults import DEFAULT_SAE, VERSION
-from engine.harvest.dictionaries import load_dictionary
-from engine.harvest.dictionaries.spd import is_spd_run, load_spd_modules
+from engine.harvest.data import TokenStore, batches, counted_positions, iter_texts, pack
+from engine.harvest.defaults import VERSION
 from engine.harvest.distributed import init_from_env, merge_across_ranks
 from engine.harvest.harvester import Harvester
+from engine.harvest.memory import describe
 from engine.harvest.model import load_model, pick_device
+from engine.harvest.prepare import finish_config, open_dictionaries, open_run, report_overflow, trim_tokens
 from engine.harvest.results import build_results, run_config
 from engine.harvest.sources import HookedModel
-from engine.harvest.state import HarvestState, StateConfig
+from engine.harvest.state import HarvestState
 
 
 class Prefetch:
@@ -152,23 +151,18 @@ def parse_args(argv) -> HarvestArgs:
 
 def main(argv: list[str] | None = None) -> Path:
     a = parse_args(argv)
+    if a.backend == "jax":  # the whole harvest in JAX (engine/harvest/jax); the torch path never imports jax
+        from engine.harvest.jax.run import main as jax_main
+
+        return jax_main(a)
     device = pick_device(a.device)
     rank, world_size = init_from_env(device)
     if world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
-    dict_paths = a.dictionaries or [DEFAULT_SAE]
-    if len(dict_paths) == 1 and is_spd_run(dict_paths[0]):  # one SPD run: every (or each named) module, one read
-        dicts = load_spd_modules(dict_paths[0], a.hookpoints, a.spd_ci_threshold)
-    else:
-        dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None),
-                                 ci_threshold=a.spd_ci_threshold) for i, p in enumerate(dict_paths)]
-    hookpoints = a.hookpoints or [d.hookpoint for d in dicts]
-    latent_ids, latent_scores = parse_latents(a.latents or (f"0-{a.max_latents - 1}" if a.max_latents > 0 else ""))
-    if latent_ids:
-        dicts[0].subset(latent_ids)
-    if len(hookpoints) != len(dicts) or any(h is None for h in hookpoints):
-        raise UserError(f"{len(dicts)} dictionaries but hookpoints {hookpoints} -- give one --hookpoints entry per dictionary")
+    dicts, hookpoints, latent_scores = open_dictionaries(a)
+    texts = iter_texts(a.dataset, a.dataset_column, a.dataset_split, name=a.dataset_name or None)
+    texts = itertools.chain([next(texts)], texts)  # the first record (split, config, column) is checked before any work
     model, tokenizer = load_model(a.model, device, a.dtype)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and a.context_length > max_pos:
@@ -178,7 +172,6 @@ def main(argv: list[str] | None = None) -> Path:
     probe, _ = hooked.run(torch.zeros(1, 2, dtype=torch.int64, device=device), need_logits=False)
     for name, d in zip(hookpoints, dicts):
         d.to(device)
-        d.firings_per_token = a.firings_per_token
         if probe[name].shape[-1] != d.d_in:
             raise UserError(f"hookpoint {name} has width {probe[name].shape[-1]} but dictionary {d.path} expects d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
     S = a.context_length
@@ -188,13 +181,13 @@ def main(argv: list[str] | None = None) -> Path:
     split = a.latent_parallel and world_size > 1
     if split and world_size > n_latents:
         raise UserError(f"--latent-parallel over {world_size} ranks needs at least as many latents (have {n_latents}) -- use fewer processes")
-    cfg = StateConfig(
-        n_latents=n_latents, vocab_size=vocab, seq_len=S, top_k=a.top_k,
-        n_random=a.n_random, window=a.window, output_stats=a.output_stats, seed=a.seed,
-        pair_budget_bytes=a.pair_budget_mb << 20,
-        row_lo=rank * n_latents // world_size if split else 0, row_hi=(rank + 1) * n_latents // world_size if split else 0,
-    )
-    run = RunDir(a.out)
+    rows = (rank * n_latents // world_size, (rank + 1) * n_latents // world_size) if split else (0, 0)
+    cfg = a.state_config(dicts, vocab, rows)
+    if rank == 0:
+        print(f"harvest: {describe(cfg)}", file=sys.stderr)  # what --n-random / --top-k / --window cost, before any work
+    run = open_run(a, rank)
+    if a.overwrite and world_size > 1:
+        torch.distributed.barrier()  # rank 0 has set the old outputs aside
     out = run.harvest
     out.mkdir(parents=True, exist_ok=True)
     ckpt = run.checkpoint(None if world_size == 1 else rank)
@@ -204,8 +197,8 @@ def main(argv: list[str] | None = None) -> Path:
     want_final = a.checkpoint_every > 0 if a.final_checkpoint is None else a.final_checkpoint
     if a.resume and (ckpt / "state.json").exists():
         harvester.state, meta = HarvestState.load(ckpt, device, expect=cfg)
-        if meta.get("dataset") != a.dataset or meta.get("model") != a.model:
-            raise UserError(f"checkpoint {ckpt} is from another model/dataset -- use the same MODEL and --dataset, or a new --out")
+        if a.checkpoint_source_differs(meta):
+            raise UserError(f"checkpoint {ckpt} is from another model or dataset (model, --dataset, --dataset-name, --dataset-split, --dataset-column) -- use the same ones, or a new --out")
         done_seqs, saved = meta["sequences_done"], True
         if done_seqs > n_seq:
             raise UserError(f"checkpoint {ckpt} has {done_seqs} sequences done, more than the {n_seq} this run asks for "
@@ -219,12 +212,9 @@ def main(argv: list[str] | None = None) -> Path:
         if rank != 0:
             store = TokenStore(run.tokens, n_seq, S, mode="r+")
 
-    texts = iter_texts(a.dataset, a.dataset_column, a.dataset_split)
-    texts = itertools.chain([next(texts)], texts)  # the first record is validated before any work starts
-    bos = tokenizer.bos_token_id
     bar = tqdm(total=n_seq * S, initial=done_seqs * S, unit="tok", unit_scale=True, desc="harvest", disable=rank != 0)
     t0, n_batch = time.time(), 0
-    meta = lambda: {"sequences_done": done_seqs, "dataset": a.dataset, "model": a.model}
+    meta = lambda: {"sequences_done": done_seqs, **a.checkpoint_source()}
     feed = Prefetch(batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs))
     dirty = False  # the state holds part of a batch (only a second Ctrl-C can stop it there)
     try:
@@ -237,7 +227,7 @@ def main(argv: list[str] | None = None) -> Path:
                     continue
                 ids = ids.to(device)
                 acts, logits = hooked.run(ids, need_logits=a.output_stats)
-                valid = ids != bos if (a.filter_bos and bos is not None) else None
+                valid = counted_positions(ids, tokenizer) if a.filter_bos else None  # all but the inserted start token
                 seq_ids = torch.arange(first, first + len(ids), device=device)
                 dirty = True
                 harvester.update(acts, ids, seq_ids=seq_ids, valid=valid, logits=logits)
@@ -273,17 +263,13 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         state = merge_across_ranks(harvester.state)
         if rank == 0:
+            store = trim_tokens(run, store, done_seqs)
             rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
-            if latent_scores:
-                rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
             over = int(state.overflow)  # a host read at the end, as every other
-            if over:
-                rc.extra["firings_over_cap"] = over
+            finish_config(rc, a, dicts, latent_scores, over)
             build_results(state, rc, dicts, tokenizer, store, model, run)
             print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents, {world_size} process(es) in {time.time() - t0:.1f}s -> {out}")
-            if over:
-                print(f"harvest: {over:,} firings beyond --firings-per-token {a.firings_per_token} were not kept (their "
-                      "latents' statistics miss them) -- rerun with a higher --firings-per-token", file=sys.stderr)
+            report_overflow(a, over)
     if not saved and ckpt.exists():  # an earlier (interrupted or periodic) checkpoint is behind the results now
         _remove_checkpoint(ckpt)   # (removed only after they are written: a crash above can still --resume)
     return out
@@ -295,7 +281,7 @@ def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokeni
     import torch.distributed as dist
 
     from engine.harvest.distributed import world
-    from engine.harvest.results import STATS, write_components, write_summary
+    from engine.harvest.results import STATS, write_components, write_summary, write_vocabulary_files
 
     rank, world_size = world()
     cfg = state.cfg
@@ -309,15 +295,15 @@ def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokeni
         full[name] = whole.cpu()
     full["tok_total"] = state.tok_total.cpu()  # every rank saw every token
     rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+    finish_config(rc, a, dicts, latent_scores, int(state.overflow))  # every rank encodes every token
     rc.extra["latent_parallel"] = world_size
-    if latent_scores:
-        rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
     out = run.harvest
     part = run.components_part(rank)
     write_components(state, rc, dicts, tokenizer, store, model, part, full["count"], progress=rank == 0)
     dist.barrier()
     if rank == 0:
         write_summary(rc, {k: full[k] for k in STATS}, run)
+        write_vocabulary_files(rc, dicts, tokenizer, model, run, cfg.vocab_size)
         with replacing(run.components) as tmp, open(tmp, "wb") as f:  # ranks own ordered ranges: the parts
             for r in range(world_size):                                 # concatenate in latent order
                 with open(run.components_part(r), "rb") as p:
@@ -327,5 +313,7 @@ def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokeni
         print(f"harvest: {int(state.n_tokens):,} tokens, {cfg.n_latents} latents over {world_size} latent-parallel "
               f"processes in {time.time() - t0:.1f}s -> {out}")
     dist.barrier()
+    if rank == 0:
+        trim_tokens(run, store, done_seqs)
     return out
 

@@ -40,12 +40,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from engine.core.errors import UserError
+from engine.core.examples import window_centre
 from engine.core.rundir import replacing, write_atomic
 from engine.harvest.firings import Firings, reservoir_keys
 from engine.harvest.pair_counts import PairCounter, choose_mode
+from engine.harvest.subsample import position_keys, sample_positions
 from kernels.cooccurrence import cooc_dense_update, cooc_pairs_bounded, cooc_pairs_rows
 from kernels.sorting import stable_argsort
-from kernels.topk_merge import moved_old, topk_merge
+from kernels.topk_merge import group_best, moved_old, topk_merge
 from kernels.window_gather import gather_windows
 
 SCATTER_COST = 64
@@ -91,6 +93,14 @@ class StateConfig:
     "Latent-parallel harvest: first latent whose statistics this state keeps."
     row_hi: int = 0
     "One past the last kept latent (0 = n_latents). Co-occurrence columns always span all latents."
+    top_chunk: int = 0
+    "Top-K keeps at most one firing per latent in each chunk [j c, (j+1) c) of a sequence (c = top_chunk; 0: no limit). Exact in one pass: a sequence never spans two batches."
+    cooc_rate: float = 1.0
+    "Sketched co-occurrence only: the share of token positions whose co-firing pairs are counted (engine.harvest.subsample; counts are scaled by 1 / rate when written). 1: every position."
+    center_examples: bool = True
+    "Example windows centred on the firing (True) or delphi's fixed chunks of 2W+1 tokens holding it (False)."
+    seq_offset: int = 0
+    "Global index of this state's sequence 0 in the reservoir key hash: runs harvested over consecutive parts of a dataset with offsets 0, n_A, n_A + n_B, ... merge (`engine.harvest merge`) into exactly the single pass."
 
     @property
     def rows(self) -> tuple[int, int]:
@@ -116,10 +126,12 @@ class HarvestState:
         z = dict(device=self.device)
         self.n_tokens = torch.zeros((), dtype=torch.int64, **z)
         self.overflow = torch.zeros((), dtype=torch.int64, **z)
+        self.cooc_excess = torch.zeros((), dtype=torch.int64, **z)  # sampled positions beyond the fixed slots
         self.count = torch.zeros(L, dtype=torch.int64, **z)
         self.act_sum = torch.zeros(L, dtype=torch.float64, **z)
         self.act_max = torch.zeros(L, dtype=torch.float32, **z)
         self.hist = torch.zeros(L, cfg.n_bins, dtype=torch.int64, **z)
+        self.hist_edges = torch.tensor(cfg.hist_edges(), dtype=torch.float64, **z)  # [n_bins + 1], not state
         self.top_val = torch.full((L, K), -math.inf, dtype=torch.float32, **z)
         self.top_loc = torch.full((L, K), -1, dtype=torch.int64, **z)
         self.top_win = torch.zeros(L, K, W2, dtype=torch.float32, **z)
@@ -180,9 +192,12 @@ class HarvestState:
         if "top_k" in steps or "reservoir" in steps:  # one sort of the batch's firings serves both
             keys, kval = self._window_keys(tok, row, val)
             if "top_k" in steps:
-                self._merge(self.top_val, self.top_loc, self.top_win, None, row, val, loc, val, tok, keys, kval, True, N)
+                top_row = self._one_per_chunk(row, val, tok, S) if cfg.top_chunk else row
+                self._merge(self.top_val, self.top_loc, self.top_win, None, top_row, val, loc, val, tok, keys, kval,
+                            True, N)
             if "reservoir" in steps:
-                rkey = reservoir_keys(loc, row + lo, NL, cfg.seed)  # global ids: the same sample however split
+                rkey = reservoir_keys(loc + cfg.seq_offset * S, row + lo, NL, cfg.seed)  # global ids: the same
+                # sample however split
                 self._merge(self.res_key, self.res_loc, self.res_win, self.res_val, row, rkey, loc, val, tok, keys,
                             kval, False, N)
         if "input_tokens" in steps:
@@ -192,7 +207,8 @@ class HarvestState:
             T = ids.shape[1]
             self.out_tok.add(row[:, None].expand(-1, T).reshape(-1), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
         if "cooc" in steps:
-            self._cooc(tok, torch.where(fire, firings.lat, -1), N, firings.per_token, firings.rows)
+            tok_loc = (seq_ids[:, None] * S + torch.arange(S, device=seq_ids.device)).reshape(-1) + cfg.seq_offset * S
+            self._cooc(tok, torch.where(fire, firings.lat, -1), N, firings.per_token, firings.rows, tok_loc)
 
     def _counts(self, flat_tokens, flat_valid, row, val, next_mass) -> None:
         cfg = self.cfg
@@ -204,9 +220,17 @@ class HarvestState:
         self.count.index_add_(0, at, one)
         self.act_sum.index_add_(0, at, val.double())
         self.act_max.scatter_reduce_(0, at, val, reduce="amax")  # val is 0 on padding; act_max starts at 0
-        scale = cfg.n_bins / (cfg.hist_hi - cfg.hist_lo)
-        bins = ((torch.log10(torch.where(row >= 0, val, 1.0)) - cfg.hist_lo) * scale).floor().long().clamp(0, cfg.n_bins - 1)
+        # bin i holds edges[i] <= v < edges[i+1], against the float64 edges config.json lists (a float32
+        # log10 would put a value just below an edge in the bin above); values outside clamp to the end bins
+        bins = (torch.searchsorted(self.hist_edges, val.double(), right=True) - 1).clamp(0, cfg.n_bins - 1)
         self.hist.view(-1).index_add_(0, at * cfg.n_bins + bins, one)
+
+    def _one_per_chunk(self, row: Tensor, val: Tensor, tok: Tensor, S: int) -> Tensor:
+        """row, with -1 for each firing that is not its latent's strongest (earliest on ties) in its chunk."""
+        c = self.cfg.top_chunk
+        n_chunks = -(-S // c)
+        group = ((tok // S) * n_chunks + (tok % S) // c) * len(self.count) + row  # [C] (sequence, chunk, row)
+        return torch.where(group_best(torch.where(row >= 0, group, INT64_MAX), val), row, -1)
 
     def _window_keys(self, tok: Tensor, row: Tensor, val: Tensor) -> tuple[Tensor, Tensor]:
         """Sorted keys tok * rows + row of this state's firings (padding last), and their values."""
@@ -238,7 +262,11 @@ class HarvestState:
         used = slot < LK
         q_slot = slot.clamp(max=LK - 1)
         q_cand = src.reshape(-1)[q_slot].clamp(min=0)
-        win = gather_windows(keys, kval, L, tok[q_cand], q_slot // K, window=self.cfg.window,
+        q_tok = tok[q_cand]
+        if not self.cfg.center_examples:  # --no-center-examples: the firing's fixed chunk (core.examples)
+            pos = q_tok % self.cfg.seq_len
+            q_tok = q_tok - pos + window_centre(pos, self.cfg.seq_len, self.cfg.window, centred=False)
+        win = gather_windows(keys, kval, L, q_tok, q_slot // K, window=self.cfg.window,
                              seq_len=self.cfg.seq_len, n_tok=n_tok)  # [Q, W2]
         moved = buf_win.gather(1, old[..., None].expand(-1, -1, W2)).reshape(LK, W2)
         out = torch.cat([moved, moved.new_zeros(1, W2)])  # row LK takes the unused slots
@@ -247,7 +275,7 @@ class HarvestState:
         if buf_val is not None:
             buf_val.copy_(torch.where(new, val[src.clamp(min=0)], buf_val.gather(1, old)))
 
-    def _cooc(self, tok: Tensor, lat: Tensor, n_tok: int, per_token: int | None, rows: bool) -> None:
+    def _cooc(self, tok: Tensor, lat: Tensor, n_tok: int, per_token: int | None, rows: bool, tok_loc: Tensor) -> None:
         """Co-firing counts of this state's rows [lo, hi) with every latent (lat: global ids, -1 padding).
         Dense tables take F_rows^T F (kernels.cooccurrence, 2 N L_rows L FLOPs) or, when cheaper by the
         static cost model, every same-token pair (C * per_token candidates, SCATTER_COST each); sketches
@@ -264,9 +292,16 @@ class HarvestState:
             F.index_put_((tok, lat.clamp(min=0)), (lat >= 0).float(), accumulate=True)
             self.cooc.table += (F[:, lo:hi].T @ F).to(self.cooc.dtype)
             return
-        if rows:  # [C * P] pairs (the diagonal counts firings), -1 where none
+        sampled = self.cfg.cooc_rate < 1 and self.cooc.mode == "sketch"  # a uniform position sample (subsample.py)
+        if sampled and rows:  # only the sampled positions' rows build pairs
+            idx, keep, excess = sample_positions(tok_loc, self.cfg.cooc_rate, self.cfg.seed)
+            self.cooc_excess += excess
+            a, b = cooc_pairs_rows(torch.where(keep[:, None], lat.view(n_tok, -1)[idx], -1), include_self=True)
+        elif rows:  # [C * P] pairs (the diagonal counts firings), -1 where none
             a, b = cooc_pairs_rows(lat.view(n_tok, -1), include_self=True)
         else:
+            if sampled:
+                lat = torch.where(position_keys(tok_loc, self.cfg.seed)[tok] < self.cfg.cooc_rate, lat, -1)
             a, b = cooc_pairs_bounded(tok, lat, P, include_self=True)
         inside = (a >= lo) & (a < hi)
         self.cooc.add(torch.where(inside, a - lo, -1), b.clamp(min=0))
@@ -279,6 +314,7 @@ class HarvestState:
             raise ValueError("cannot merge harvest states with different configs")
         self.n_tokens += other.n_tokens
         self.overflow += other.overflow
+        self.cooc_excess += other.cooc_excess
         self.count += other.count
         self.act_sum += other.act_sum
         self.act_max = torch.maximum(self.act_max, other.act_max)
@@ -308,7 +344,7 @@ class HarvestState:
     def tensors(self) -> dict[str, Tensor]:
         t = {
             name: getattr(self, name)
-            for name in ("n_tokens", "overflow", "count", "act_sum", "act_max", "hist", "top_val", "top_loc", "top_win",
+            for name in ("n_tokens", "overflow", "cooc_excess", "count", "act_sum", "act_max", "hist", "top_val", "top_loc", "top_win",
                          "res_key", "res_loc", "res_val", "res_win", "tok_total", "out_total")
         }
         t.update(self.in_tok.tensors("in_tok"))
@@ -344,11 +380,15 @@ class HarvestState:
             diff = sorted(k for k, v in asdict(expect).items() if info["config"].get(k) != v)
             raise UserError(f"checkpoint {path} was made with a different config ({', '.join(diff)}) -- use the same options or a new --out")
         state = cls(cfg, device)
+        state.load_tensors(tensors)
+        return state, info["meta"]
+
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Copy in the tensors `tensors()` names (a checkpoint's, or another backend's state)."""
         for name, t in tensors.items():
             if "." not in name:
-                getattr(state, name).copy_(t)
+                getattr(self, name).copy_(t)
         for counter in ("in_tok", "cooc", "out_tok"):
-            pc = getattr(state, counter)
+            pc = getattr(self, counter)
             if pc is not None:
                 pc.load_tensors(counter, tensors)
-        return state, info["meta"]

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.core.errors import run_cli
+from engine.core.rundir import RunDir
 from engine.core.schemas import RunConfig
 from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
 from engine.harvest.dictionaries import load_dictionary
@@ -59,7 +60,12 @@ def brute(harvested):
     A = torch.cat(dense)  # [n_seq, S, L]
     valid = tokens != tok.bos_token_id
     A = A * valid[..., None]
-    return dict(rc=rc, tokens=tokens, A=A, valid=valid, probs=torch.cat(probs), tok=tok)
+    P = torch.cat(probs).reshape(-1, probs[0].shape[-1]) * valid.reshape(-1, 1)  # [N, V], BOS rows zero
+    top_p, top_i = P.topk(8, dim=-1)
+    top_only = torch.zeros_like(P).scatter_(1, top_i, top_p).double()  # each position's top-8 mass, rest 0
+    fires = (A > 0).reshape(-1, A.shape[-1]).double()
+    top_mass = (fires.T @ top_only, top_only.sum(0))  # ([L, V] at firings, [V] at every counted position)
+    return dict(rc=rc, tokens=tokens, A=A, valid=valid, probs=torch.cat(probs), tok=tok, top_mass=top_mass)
 
 
 def test_counts_and_maxima_exact(harvested, brute):
@@ -80,9 +86,15 @@ def test_top_examples_and_windows(harvested, brute):
     flat = A.reshape(-1, A.shape[-1])
     for lat in list(comps)[::25]:
         c = comps[lat]
-        vals, locs = flat[:, lat].sort(descending=True, stable=True)
-        k = min(rc.top_k, int((vals > 0).sum()))
-        assert [e.activation for e in c.top_examples] == pytest.approx(vals[:k].tolist(), rel=1e-5)
+        vals, locs = flat[:, lat].sort(descending=True, stable=True)  # by activation, then location
+        want, taken = [], set()  # the sequential definition: greedy, at most one firing per chunk of a sequence
+        for v, loc in zip(vals.tolist(), locs.tolist()):
+            chunk = (loc // S, (loc % S) // rc.top_chunk)
+            if v > 0 and chunk not in taken and len(want) < rc.top_k:
+                taken.add(chunk)
+                want.append((loc // S, loc % S))
+        assert rc.top_chunk == 2 * W + 1
+        assert [(e.sequence, e.position) for e in c.top_examples] == want
         for e in c.top_examples:
             assert A[e.sequence, e.position, lat] == pytest.approx(e.activation, rel=1e-5)
             lo = max(0, e.position - W)
@@ -124,10 +136,19 @@ def test_token_and_cooccurrence_stats(harvested, brute):
         for s in c.correlations.jaccard:
             j = co[lat, s.index] / (n[lat] + n[s.index] - co[lat, s.index])
             assert s.value == pytest.approx(float(j), rel=1e-5)
-        # Output stats: mass of the top next tokens at firing positions (<= the full mass).
-        full = (brute["probs"].reshape(-1, V) * fires[:, lat : lat + 1]).sum(0)
+        # Output stats: the top-8 next-token mass, at firing positions (joint) and at every counted position
+        # (marginal): one distribution on both sides of precision and PMI.
+        joint_out, m_out = brute["top_mass"]
+        assert c.output_token_stats.top_recall, lat
         for s in c.output_token_stats.top_recall:
-            assert s.count <= full[s.index] * (1 + 1e-5)
+            assert s.count == pytest.approx(float(joint_out[lat, s.index]), rel=1e-5)
+            assert s.value == pytest.approx(float(joint_out[lat, s.index] / n[lat]), rel=1e-5)
+        for s in c.output_token_stats.top_precision:
+            assert s.value == pytest.approx(float(joint_out[lat, s.index] / m_out[s.index]), rel=1e-5)
+            assert s.value <= 1 + 1e-6
+        for s in c.output_token_stats.top_pmi:
+            want = np.log(float(joint_out[lat, s.index]) * N / (float(n[lat]) * float(m_out[s.index])))
+            assert s.value == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
@@ -227,3 +248,44 @@ def test_latent_subset(tmp_path, harvested):
     for c in comps.values():
         f = full[c.component_idx]
         assert c.firing_count == f.firing_count and c.top_examples == f.top_examples
+
+
+def test_sketched_lists_keep_their_stated_bounds(tmp_path, brute):
+    """--pair-budget-mb 0: every table is a sketch. Each list's error_bound is the true bound of that list:
+    listed counts lie in [true - error_bound, true], every entry above it is listed, and error_bound <= W / 65
+    with W the row's total weight (n_i for input tokens; the co-firing pairs, self included, for co-firing)."""
+    run(tmp_path / "sk", "--pair-budget-mb", "0", "--no-output-stats")
+    A, tokens = brute["A"], brute["tokens"]
+    fires = (A > 0).reshape(-1, A.shape[-1]).double()
+    V = brute["probs"].shape[-1]
+    onehot = torch.nn.functional.one_hot(tokens.reshape(-1), V).double() * brute["valid"].reshape(-1, 1)
+    joint_tok, co = fires.T @ onehot, fires.T @ fires
+    n_over = 0
+    for lat, c in read_components(tmp_path / "sk").items():
+        n_i = float(fires[:, lat].sum())
+        for stats, truth, total in ((c.input_token_stats, joint_tok[lat], n_i), (c.correlations, co[lat], float(co[lat].sum()))):
+            err = stats.error_bound
+            assert not stats.exact and err <= total / 65 + 1e-9
+            lists = [stats.top_recall if hasattr(stats, "top_recall") else stats.precision]
+            for s in lists[0]:
+                assert truth[s.index] - err - 1e-9 <= s.count <= truth[s.index] + 1e-9
+            n_over += err > n_i / 65  # co-firing bounds are relative to W, not n_i (the README's old claim)
+    assert n_over > 0
+
+
+def test_fixed_chunk_windows(tmp_path, brute):
+    """--no-center-examples: every example's window is the chunk of 2W+1 tokens holding its firing (the last
+    chunk of a sequence ends at its end), with the latent's true activation on each of its tokens."""
+    run(tmp_path / "chunks", "--no-center-examples", "--no-output-stats")
+    A, tokens, rc = brute["A"], brute["tokens"], brute["rc"]
+    S, c = rc.context_length, 2 * rc.window + 1
+    n_checked = 0
+    for lat, comp in read_components(tmp_path / "chunks").items():
+        for e in comp.top_examples + comp.random_examples:
+            start = min(e.position // c * c, S - c)
+            assert e.token_ids == tokens[e.sequence, start : start + c].tolist()
+            assert e.firing_index == e.position - start
+            assert e.activations == pytest.approx(A[e.sequence, start : start + c, lat].tolist(), abs=1e-4)
+            n_checked += 1
+    assert n_checked > 1000
+    assert RunDir(tmp_path / "chunks").load_config().center_examples is False

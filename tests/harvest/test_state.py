@@ -47,7 +47,7 @@ def brute(cfg, tokens, acts, valid):
     t = tokens.numpy()
     out = {"n_tokens": int(valid.sum()), "count": (a > 0).sum((0, 1)), "sum": a.sum((0, 1)),
            "max": a.max((0, 1))}
-    edges = np.log10(np.array(cfg.hist_edges()))
+    edges = cfg.hist_edges()  # the float64 edges config.json records
     hist = np.zeros((L, cfg.n_bins), dtype=np.int64)
     firings = {l: [] for l in range(L)}
     for s in range(n_seq):
@@ -55,7 +55,7 @@ def brute(cfg, tokens, acts, valid):
             for l in range(L):
                 v = a[s, p, l]
                 if v > 0:
-                    b = int(np.floor((math.log10(np.float32(v)) - cfg.hist_lo) * cfg.n_bins / (cfg.hist_hi - cfg.hist_lo)))
+                    b = sum(e <= v for e in edges) - 1  # the bin whose [edge, next edge) holds v
                     hist[l, min(max(b, 0), cfg.n_bins - 1)] += 1
                     firings[l].append((s * S + p, np.float32(v)))
     out["hist"] = hist
@@ -66,7 +66,16 @@ def brute(cfg, tokens, acts, valid):
 
     out["top"], out["res"] = {}, {}
     for l in range(L):
-        top = sorted(firings[l], key=lambda f: (-f[1], f[0]))[: cfg.top_k]
+        ordered = sorted(firings[l], key=lambda f: (-f[1], f[0]))  # by activation, then location
+        if cfg.top_chunk:  # the sequential definition: greedy, skipping a chunk already taken
+            taken, kept = set(), []
+            for loc, v in ordered:
+                chunk = (loc // S, (loc % S) // cfg.top_chunk)
+                if chunk not in taken:
+                    taken.add(chunk)
+                    kept.append((loc, v))
+            ordered = kept
+        top = ordered[: cfg.top_k]
         out["top"][l] = [(loc, float(v), window(loc, l)) for loc, v in top]
         keyed = [(float(reservoir_keys(torch.tensor([loc]), torch.tensor([l]), L, cfg.seed)[0]), loc, v) for loc, v in firings[l]]
         res = sorted(keyed, key=lambda f: (f[0], f[1]))[: cfg.n_random]
@@ -113,15 +122,17 @@ def check(state, ref, cfg):
     np.testing.assert_array_equal(dense_co.numpy(), ref["cooc"])
 
 
+@pytest.mark.parametrize("top_chunk", [0, 3], ids=["all-firings", "one-per-chunk"])
 @pytest.mark.parametrize("scatter_cost", [0, 10**12], ids=["pairs", "matmul"])
 @pytest.mark.parametrize("mode", ["dense", "sketch"])
-def test_single_pass_matches_brute_force(mode, scatter_cost, monkeypatch):
+def test_single_pass_matches_brute_force(mode, scatter_cost, top_chunk, monkeypatch):
     monkeypatch.setattr("engine.harvest.state.SCATTER_COST", scatter_cost)
     tokens, acts, valid = make_data()
     n_seq, S, L = acts.shape
     # Big sketch: nothing is evicted, so the sketch must also be exact.
     cfg = StateConfig(n_latents=L, vocab_size=11, seq_len=S, top_k=5, n_random=4, window=2, output_stats=False,
-                      pair_budget_bytes=0 if mode == "sketch" else 1 << 30, token_slots=16, cooc_slots=16)
+                      pair_budget_bytes=0 if mode == "sketch" else 1 << 30, token_slots=16, cooc_slots=16,
+                      top_chunk=top_chunk)
     state = HarvestState(cfg)
     feed(state, tokens, acts, valid, list(range(n_seq)))
     assert state.in_tok.mode == mode and state.cooc.mode == mode
@@ -129,11 +140,13 @@ def test_single_pass_matches_brute_force(mode, scatter_cost, monkeypatch):
 
 
 @settings(max_examples=25, deadline=None)
-@given(split=st.lists(st.integers(0, 2), min_size=12, max_size=12), seed=st.integers(0, 1000), batch=st.integers(1, 5))
-def test_merge_of_any_split_equals_single_pass(split, seed, batch):
+@given(split=st.lists(st.integers(0, 2), min_size=12, max_size=12), seed=st.integers(0, 1000), batch=st.integers(1, 5),
+       top_chunk=st.sampled_from([0, 2, 5]))
+def test_merge_of_any_split_equals_single_pass(split, seed, batch, top_chunk):
     tokens, acts, valid = make_data(seed=seed)
     n_seq, S, L = acts.shape
-    cfg = StateConfig(n_latents=L, vocab_size=11, seq_len=S, top_k=3, n_random=3, window=1, output_stats=False)
+    cfg = StateConfig(n_latents=L, vocab_size=11, seq_len=S, top_k=3, n_random=3, window=1, output_stats=False,
+                      top_chunk=top_chunk)
     single = HarvestState(cfg)
     feed(single, tokens, acts, valid, list(range(n_seq)), batch=batch)
     shards = [HarvestState(cfg) for _ in range(3)]
@@ -231,3 +244,62 @@ def test_checkpoint_roundtrip(tmp_path):
     assert meta == {"batches": 2}
     for k, v in s.tensors().items():
         assert torch.equal(v, s2.tensors()[k]), k
+
+
+def test_histogram_bins_against_the_recorded_edges():
+    """A value just below (or at) an edge lands in the bin the float64 edges of config.json say."""
+    cfg = StateConfig(n_latents=1, vocab_size=4, seq_len=128, top_k=2, n_random=2, window=1)
+    edges = cfg.hist_edges()
+    vals = []
+    for e in edges[1:-1]:
+        below = np.nextafter(np.float32(e), np.float32(0))  # the largest float32 under the edge
+        above = np.nextafter(np.float32(e), np.float32(np.inf))
+        vals += [below, above]
+    vals = np.array(vals, dtype=np.float32)
+    acts = torch.zeros(1, 128, 1)
+    acts[0, : len(vals), 0] = torch.from_numpy(vals)
+    state = HarvestState(cfg)
+    state.update(torch.zeros(1, 128, dtype=torch.int64), firings_of(acts), seq_ids=torch.tensor([0]))
+    want = np.zeros(cfg.n_bins, dtype=np.int64)
+    for v in vals.astype(np.float64):
+        want[max(0, min(cfg.n_bins - 1, int(np.searchsorted(edges, v, side="right")) - 1))] += 1
+    np.testing.assert_array_equal(state.hist[0].numpy(), want)
+    assert all(int(h) == 2 for h in state.hist[0, 1:-1])  # each inner bin: the value above its low edge and below its high one
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_shards=st.integers(1, 4), slots=st.integers(2, 10))
+def test_sketch_guarantee_holds_for_any_split_and_merge_order(seed, n_shards, slots):
+    """What the README promises of sketched tables, for any split of the data and any merge order: every
+    listed weight w of column c satisfies true - error_bound <= w <= true, every column whose true weight
+    exceeds error_bound is listed, and error_bound <= (row total) / (slots + 1). The lists themselves may
+    differ between splits (Misra-Gries is not split-invariant), within those bounds."""
+    from engine.harvest.pair_counts import PairCounter
+
+    g = torch.Generator().manual_seed(seed)
+    M, R, V = 1500, 3, 60
+    rows = torch.randint(-1, R, (M,), generator=g)  # -1: padding
+    cols = (torch.rand(M, generator=g) ** 2 * V).long()
+    wts = torch.rand(M, generator=g, dtype=torch.float64) + 0.01
+    exact = torch.zeros(R, V, dtype=torch.float64)
+    keep = rows >= 0
+    exact.index_put_((rows[keep], cols[keep]), wts[keep], accumulate=True)
+    cuts = sorted(torch.randint(0, M, (n_shards - 1,), generator=g).tolist())
+    bounds = [0, *cuts, M]
+    shards = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        pc = PairCounter(R, V, mode="sketch", slots=slots)
+        for i in range(lo, hi, 97):
+            j = min(i + 97, hi)
+            pc.add(rows[i:j], cols[i:j], wts[i:j])
+        shards.append(pc)
+    order = torch.randperm(len(shards), generator=g).tolist()
+    merged = shards[order[0]]
+    for k in order[1:]:
+        merged.merge(shards[k])
+    for r in range(R):
+        c, w = merged.row_entries(r)
+        err = merged.error_bound(r)
+        assert err <= exact[r].sum() / (slots + 1) + 1e-9
+        assert (w <= exact[r, c] + 1e-9).all() and (w >= exact[r, c] - err - 1e-9).all()
+        assert set(torch.nonzero(exact[r] > err + 1e-9).squeeze(1).tolist()) <= set(c.tolist())

@@ -68,7 +68,8 @@ class Recorder(TorchDispatchMode):
 
 def harvest(d: Dictionary, tables: str, compiled: bool, recorders: list[Recorder] | None = None) -> HarvestState:
     cfg = StateConfig(n_latents=L, vocab_size=V, seq_len=S, top_k=3, n_random=4, window=2, token_slots=4,
-                      cooc_slots=4, pair_budget_bytes=(1 << 30) if tables == "dense" else 0)
+                      cooc_slots=4, pair_budget_bytes=(1 << 30) if tables == "dense" else 0, top_chunk=3,
+                      cooc_rate=1.0 if tables != "sampled" else 0.4)
     state = HarvestState(cfg)
 
     def step(acts, tokens, seq_ids, valid, ids, probs, mass):
@@ -87,7 +88,7 @@ def harvest(d: Dictionary, tables: str, compiled: bool, recorders: list[Recorder
     return state
 
 
-@pytest.mark.parametrize("tables", ["dense", "sketch"])
+@pytest.mark.parametrize("tables", ["dense", "sketch", "sampled"])
 @pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu"])
 def test_no_host_read_and_the_same_shapes_for_every_batch(activation, tables):
     recorders: list[Recorder] = []
@@ -109,14 +110,14 @@ def test_the_recorder_catches_host_reads_and_data_sized_ops():
         assert rec.forbidden, fn
 
 
-@pytest.mark.parametrize("tables", ["dense", "sketch"])
+@pytest.mark.parametrize("tables", ["dense", "sketch", "sampled"])
 @pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu"])
 def test_step_traces_whole_and_equals_eager(activation, tables):
     torch._dynamo.reset()
     d = dictionary(activation)
     traced = harvest(d, tables, compiled=True)
     eager = harvest(d, tables, compiled=False)
-    assert traced.in_tok.mode == traced.cooc.mode == tables
+    assert traced.in_tok.mode == traced.cooc.mode == ("sketch" if tables == "sampled" else tables)
     assert int(eager.count.sum()) > 0 and int((eager.top_loc >= 0).sum()) > 0  # the batches really fire
     for name, t in eager.tensors().items():
         torch.testing.assert_close(traced.tensors()[name], t, rtol=0, atol=0, msg=name)

@@ -1,0 +1,88 @@
+"""What every harvest backend does before and after its loop (engine.harvest.run, engine.harvest.jax.run).
+
+    dicts, hookpoints, latent_scores = open_dictionaries(a)   # files or names, --random-dictionary, --latents
+    run = open_run(a)                                         # --overwrite sets the old outputs aside
+    store = trim_tokens(run, store, done)                     # a dataset that ended early
+    finish_config(rc, a, dicts, latent_scores, state)         # what config.json records beyond run_config
+    report_overflow(a, state)                                 # firings a per-token cap dropped
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from engine.core.errors import UserError
+from engine.core.latents import parse_latents
+from engine.core.rundir import RunDir
+from engine.core.schemas import RunConfig
+from engine.harvest.config import HarvestArgs
+from engine.harvest.data import TokenStore, dataset_split_used
+from engine.harvest.defaults import DEFAULT_SAE
+from engine.harvest.dictionaries import load_dictionary
+from engine.harvest.dictionaries.spd import is_spd_run, load_spd_modules
+
+
+def open_dictionaries(a: HarvestArgs, spd: bool = True) -> tuple[list, list[str], dict[int, float]]:
+    """(dictionaries, their hookpoints, --latents scores): loaded, randomised for the control, subset."""
+    paths = a.dictionaries or [DEFAULT_SAE]
+    if len(paths) == 1 and is_spd_run(paths[0]):  # one SPD run: every (or each named) module, one read
+        if not spd:
+            raise UserError(f"{paths[0]} is an SPD run: --backend {a.backend} does not compute causal importances "
+                            "-- use --backend torch")
+        dicts = load_spd_modules(paths[0], a.hookpoints, a.spd_ci_threshold)
+    else:
+        dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None),
+                                 ci_threshold=a.spd_ci_threshold) for i, p in enumerate(paths)]
+    if a.random_dictionary:  # the control: same shapes and norms, random directions (before any --latents subset)
+        dicts = [d.randomized(a.seed + i) for i, d in enumerate(dicts)]
+    hookpoints = a.hookpoints or [d.hookpoint for d in dicts]
+    latent_ids, latent_scores = parse_latents(a.latents or (f"0-{a.max_latents - 1}" if a.max_latents > 0 else ""))
+    if latent_ids:
+        dicts[0].subset(latent_ids)
+    if len(hookpoints) != len(dicts) or any(h is None for h in hookpoints):
+        raise UserError(f"{len(dicts)} dictionaries but hookpoints {hookpoints} -- give one --hookpoints entry per dictionary")
+    for d in dicts:
+        d.firings_per_token = a.firings_per_token
+    return dicts, hookpoints, latent_scores
+
+
+def open_run(a: HarvestArgs, rank: int = 0) -> RunDir:
+    """The run directory; with --overwrite harvest, the old outputs moved aside first (rank 0 only)."""
+    run = RunDir(a.out)
+    if a.overwrite and rank == 0:
+        run.set_aside(a.overwrite)
+    return run
+
+
+def trim_tokens(run: RunDir, store: TokenStore, done_seqs: int) -> TokenStore:
+    """The dataset ended before the sequences asked for: cut tokens.bin to the rows harvested, as config.json says."""
+    n, S = store.shape
+    if done_seqs >= n:
+        return store
+    store.flush()
+    del store.arr  # np.memmap: close the mapping before the file shrinks under it
+    os.truncate(run.tokens, done_seqs * S * 4)
+    print(f"harvest: the dataset ended after {done_seqs:,} of {n:,} sequences; tokens.bin holds those", file=sys.stderr)
+    return TokenStore(run.tokens, done_seqs, S, mode="r")
+
+
+def finish_config(rc: RunConfig, a: HarvestArgs, dicts, latent_scores: dict[int, float], overflow: int) -> None:
+    """config.json beyond run_config: the dataset config and split read, hub revisions of named dictionaries,
+    the random control, --latents scores, --sequence-offset, and firings a per-token cap dropped."""
+    rc.dataset_name, rc.dataset_split = a.dataset_name or None, dataset_split_used(a.dataset, a.dataset_split)
+    rc.random_dictionary = a.random_dictionary
+    for h, d in zip(rc.hookpoints, dicts):
+        h.revision = d.revision
+    if latent_scores:
+        rc.extra["latent_scores"] = {str(k): v for k, v in latent_scores.items()}
+    if a.sequence_offset:
+        rc.extra["sequence_offset"] = a.sequence_offset
+    if overflow:
+        rc.extra["firings_over_cap"] = overflow
+
+
+def report_overflow(a: HarvestArgs, overflow: int) -> None:
+    if overflow:
+        print(f"harvest: {overflow:,} firings beyond --firings-per-token {a.firings_per_token} were not kept (their "
+              "latents' statistics miss them) -- rerun with a higher --firings-per-token", file=sys.stderr)
