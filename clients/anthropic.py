@@ -22,7 +22,7 @@ from clients.capabilities import CapabilityStore, refused_field
 from clients.config import ModelPrice, Prices
 from clients.errors import ClientConfigError
 from clients.keys import Secret, redact
-from clients.structured import UNDECODABLE, decode_output
+from clients.structured import UNDECODABLE, anthropic_schema, decode_output
 from clients.usage import Usage
 from clients.verdict import Verdict, http_verdict
 
@@ -184,7 +184,7 @@ def params_body(request: CompletionRequest, model: str, cache_ttl: str = "5m", d
     if request.system:
         body["system"] = [{"type": "text", "text": request.system, "cache_control": cache}]
     if request.schema is not None:
-        body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema}}
+        body["output_config"] = {"format": {"type": "json_schema", "schema": anthropic_schema(request.schema)}}
     if "temperature" not in drop:
         body["temperature"] = request.temperature
     return body

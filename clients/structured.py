@@ -54,6 +54,52 @@ def provider_schema(struct_type: type) -> dict[str, Any]:
     return resolve(schema)
 
 
+ANTHROPIC_UNSUPPORTED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+                         "maxLength", "maxItems")
+"JSON Schema keywords Anthropic's structured output refuses (as is minItems above 1); see anthropic_schema."
+
+
+def _walk_keywords(node: Any, fn) -> Any:
+    """Rebuild a schema, letting fn(schema_object) -> schema_object act on every schema object (not on the
+    names under "properties", which are field names, not keywords)."""
+    if isinstance(node, list):
+        return [_walk_keywords(v, fn) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: ({name: _walk_keywords(v, fn) for name, v in val.items()} if k in ("properties", "$defs")
+               and isinstance(val, dict) else _walk_keywords(val, fn)) for k, val in node.items()}
+    return fn(out)
+
+
+def _refused(node: dict) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in node.items()
+            if k in ANTHROPIC_UNSUPPORTED or (k == "minItems" and v not in (0, 1))]
+
+
+def anthropic_schema(schema: dict) -> dict:
+    """The schema sent to Anthropic: every bound it refuses moved into the object's `description` as text
+    (as the SDK's transform_schema does), minItems kept only at 0 or 1. Replies are still checked against
+    the full schema (decode_output), so the bounds hold either way."""
+    def fold(node: dict) -> dict:
+        refused = _refused(node)
+        if not refused:
+            return node
+        kept = {k: v for k, v in node.items() if k not in dict(refused)}
+        note = ", ".join(f"{k} {v}" for k, v in refused)
+        kept["description"] = f"{kept['description']} ({note})" if kept.get("description") else f"({note})"
+        return kept
+
+    return _walk_keywords(schema, fold)
+
+
+def anthropic_refusals(schema: dict | None) -> list[str]:
+    """The keywords of `schema` Anthropic's structured output would refuse (the fake server's check)."""
+    found: list[str] = []
+    if schema is not None:
+        _walk_keywords(schema, lambda node: (found.extend(k for k, _ in _refused(node)), node)[1])
+    return found
+
+
 def decode_output(text: str, schema: dict) -> tuple[Any, str | None]:
     """(value, None) when `text` holds JSON matching `schema`;
     else (value or None, 'invalid_json' | 'schema_mismatch')."""

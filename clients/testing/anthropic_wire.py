@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from clients.structured import anthropic_refusals
 from clients.testing.faults import Fault
 from clients.testing.simulation import ProviderSimulation, approx_tokens, encode
 
@@ -58,6 +59,12 @@ class AnthropicMessages(ProviderSimulation):
         return {"id": self._next_id("msg"), "type": "message", "role": "assistant", "model": body.get("model", ""),
                 "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
 
+    def _schema_refusal(self, body: dict) -> str | None:
+        """The API's 400 for an output schema using keywords it does not support (maxItems, maxLength, ...)."""
+        schema = ((body.get("output_config") or {}).get("format") or {}).get("schema")
+        bad = anthropic_refusals(schema)
+        return f"output_config.format.schema: {', '.join(sorted(set(bad)))} not supported" if bad else None
+
     def _anthropic_auth(self, request: web.Request) -> web.Response | None:
         if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
             return self._anthropic_error(401, "authentication_error", "invalid x-api-key")
@@ -94,6 +101,9 @@ class AnthropicMessages(ProviderSimulation):
         rejected = self._rejected_field(body)
         if rejected is not None:
             return self._anthropic_error(400, "invalid_request_error", rejection(rejected))
+        refused = self._schema_refusal(body)
+        if refused is not None:
+            return self._anthropic_error(400, "invalid_request_error", refused)
         await self._compute(arrived)
         headers = {"request-id": self._next_id("req"), **self._ratelimit_headers()}
         try:

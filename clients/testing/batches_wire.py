@@ -72,9 +72,10 @@ class AnthropicBatches(AnthropicMessages):
                 result: dict = {"type": "canceled"}
             elif kind == "batch_expired":
                 result = {"type": "expired"}
-            elif kind == "batch_errored" or self._rejected_field(item["params"]):
-                message = (rejection(self._rejected_field(item["params"])) if kind != "batch_errored"
-                           else "scripted batch item error")
+            elif kind == "batch_errored" or self._rejected_field(item["params"]) or self._schema_refusal(item["params"]):
+                field = self._rejected_field(item["params"])
+                message = ("scripted batch item error" if kind == "batch_errored"
+                           else rejection(field) if field else self._schema_refusal(item["params"]))
                 result = {"type": "errored", "error": {"type": "error", "error": {
                     "type": "invalid_request_error", "message": message}}}
             else:

@@ -18,6 +18,12 @@ so `{{ ... }}` inside data stays inert text.
 
 Activation levels are integers 0..10 relative to the latent's largest activation:
 level = ceil(10 * a / max), 0 where a <= 0 (so any firing is at least 1).
+
+Every schema a request carries is bounded (`bounded`): a grammar-constrained
+server otherwise lets a string run to the token limit (`truncated`) or an array
+be empty. Strings get `maxLength` from `MAX_CHARS` by property name (else
+`DEFAULT_MAX_CHARS`) unless they have one; an array without `maxItems` is a bug
+of the caller (the scorers fix it to the number of excerpts or tokens).
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).parent
 TASKS = ("explain", "detection", "fuzz", "simulation", "intruder")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+MAX_CHARS = {"reasoning": 800, "label": 160}
+"maxLength of a schema's string property by name: the explainer's two to four sentences, and a short phrase."
+DEFAULT_MAX_CHARS = 400
+"maxLength of any other string property without one."
 
 
 class Trusted(Markup):
@@ -151,12 +161,32 @@ class Prompt:
         from clients.base import CompletionRequest
 
         return CompletionRequest(custom_id=custom_id, system=self.system, prefix=self.prefix, prompt=self.prompt,
-                                 max_tokens=max_tokens, temperature=temperature, schema=schema,
+                                 max_tokens=max_tokens, temperature=temperature,
+                                 schema=None if schema is None else bounded(schema),
                                  schema_name=schema_name, logprobs=logprobs)
 
     def text(self) -> str:
         """All three parts, labelled, for --dry-run and the README."""
         return f"=== system ===\n{self.system}\n=== prefix ===\n{self.prefix}\n=== prompt ===\n{self.prompt}\n"
+
+
+def bounded(schema: dict, name: str = "") -> dict:
+    """A copy of `schema` with every string bounded (`MAX_CHARS`); ValueError on an array without maxItems."""
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v for k, v in schema.items()}
+    if out.get("type") == "string" and "maxLength" not in out and "enum" not in out:
+        out["maxLength"] = MAX_CHARS.get(name, DEFAULT_MAX_CHARS)
+    if out.get("type") == "array" and "maxItems" not in out:
+        raise ValueError(f"schema array {name or '(root)'} has no maxItems: bound it (e.g. to the number of excerpts)")
+    if "properties" in out:
+        out["properties"] = {k: bounded(v, k) for k, v in out["properties"].items()}
+    if "items" in out:
+        out["items"] = bounded(out["items"], name)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in out:
+            out[key] = [bounded(v, name) for v in out[key]]
+    return out
 
 
 def render(task: str, **context) -> Prompt:

@@ -4,7 +4,7 @@ Each group holds `per_prompt - 1` held-out activating windows of one stratum
 (cycling through the strata; strata too small for a group are pooled and
 grouped by activation) with their firing tokens marked, and one
 non-activating window with k random tokens marked (k = the group's mean number
-of marks), shuffled. The judge names the intruder. `extra["group_accuracy"]` is
+of marks), shuffled. The judge names the intruder; the schema allows only the numbers 1..group size. `extra["group_accuracy"]` is
 the share of groups whose intruder was found (chance 1 / per_prompt). Rows are
 per excerpt, truth = activating, prediction = "not picked as the intruder", so
 balanced accuracy is 0.5 for a random judge.
@@ -30,6 +30,11 @@ class IntruderAnswer(msgspec.Struct, forbid_unknown_fields=True):
 
 
 SCHEMA = provider_schema(IntruderAnswer)
+
+
+def intruder_schema(n: int) -> dict:
+    """SCHEMA with the answer bounded to the excerpt numbers 1..n."""
+    return {**SCHEMA, "properties": {"intruder": {"type": "integer", "enum": list(range(1, n + 1))}}}
 
 
 class Intruder:
@@ -70,7 +75,7 @@ class Intruder:
         return out
 
     def calls(self, item: ScoreItem):
-        return [LLMCall(render("intruder", examples=g), SCHEMA, "intruder", self.cfg.max_tokens)
+        return [LLMCall(render("intruder", examples=g), intruder_schema(len(g)), "intruder", self.cfg.max_tokens)
                 for g, _ in self.groups(item)]
 
     def outcome(self, item: ScoreItem, responses: list) -> Details:

@@ -3,12 +3,15 @@
 `binary_calls` cuts examples into prompts of `per_prompt`; `read_binary` turns
 each reply into one 0/1 answer per excerpt, or marks the whole prompt failed
 (a missing reply, invalid JSON, or a list of the wrong length are never guessed
-at). With logprobs, each answer also gets P(1) = p("1") / (p("0") + p("1")),
+at). The schema sent with each request (`binary_schema(n)`) fixes the list's length
+to the number of excerpts, so a grammar-constrained server cannot answer `[]`.
+With logprobs, each answer also gets P(1) = p("1") / (p("0") + p("1")),
 read from the alternatives of the k-th generated "0"/"1" token.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Literal
 
@@ -27,18 +30,34 @@ class BinaryAnswers(msgspec.Struct, forbid_unknown_fields=True):
 BINARY_SCHEMA = provider_schema(BinaryAnswers)
 
 
+def exact_items(schema: dict, field: str, n: int, values: list | None = None) -> dict:
+    """A copy of `schema` whose array `field` must hold exactly n items (of `values`, when given)."""
+    prop = {**schema["properties"][field], "minItems": n, "maxItems": n}
+    if values is not None:
+        prop["items"] = {"enum": values}
+    return {**schema, "properties": {**schema["properties"], field: prop}}
+
+
+def binary_schema(n: int) -> dict:
+    """BINARY_SCHEMA with `answers` of exactly n items."""
+    return exact_items(BINARY_SCHEMA, "answers", n)
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def binary_calls(task: str, label: str, batches: list[list], cfg: ScoreConfig) -> list[LLMCall]:
     """One judge request per batch of examples (each example as the template expects it)."""
-    return [LLMCall(render(task, explanation=label, examples=b), BINARY_SCHEMA, "answers", cfg.max_tokens, cfg.logprobs)
-            for b in batches]
+    return [LLMCall(render(task, explanation=label, examples=b), binary_schema(len(b)), "answers", cfg.max_tokens,
+                    cfg.logprobs) for b in batches]
 
 
 def decode_json(text: str, parsed: dict | None, type_: type):
-    """`type_` from the provider's parsed JSON, else from the outermost {...} of the text; None if neither fits."""
+    """`type_` from the provider's parsed JSON, else from the outermost {...} of the text; None if neither fits.
+
+    The text is read strictly, then as `json.loads(strict=False)` reads it: a grammar may let raw
+    control characters (newlines, tabs) into strings, which strict JSON forbids."""
     raws = [msgspec.json.encode(parsed)] if parsed is not None else []
     lo, hi = text.find("{"), text.rfind("}")
     if 0 <= lo < hi:
@@ -47,6 +66,10 @@ def decode_json(text: str, parsed: dict | None, type_: type):
         try:
             return msgspec.json.decode(raw, type=type_)
         except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        try:
+            return msgspec.convert(json.loads(raw, strict=False), type=type_)
+        except (ValueError, RecursionError, msgspec.ValidationError):  # JSONDecodeError and UnicodeDecodeError too
             continue
     return None
 
