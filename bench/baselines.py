@@ -49,8 +49,9 @@ def wall(fn, device: torch.device | str = "cpu") -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-def naive_baseline(hooked, d, data, hook: str, K: int, W: int, tmp: Path):
-    """Cache all nonzeros to disk, then build per-latent top-K with windows (delphi-style)."""
+def naive_baseline(hooked, d, data, hook: str, K: int, W: int, tmp: Path, chunk: int = 0):
+    """Cache all nonzeros to disk, then build per-latent top-K with windows (delphi-style); chunk > 0: at most
+    one firing per latent in each chunk of that many tokens of a sequence, as the harvest's default."""
     from safetensors.torch import load_file, save_file
 
     parts = []
@@ -69,6 +70,15 @@ def naive_baseline(hooked, d, data, hook: str, K: int, W: int, tmp: Path):
         locs.append(t["locs"])
         vals.append(t["vals"])
     locs, vals = torch.cat(locs), torch.cat(vals)
+    if chunk:  # the strongest firing of each (latent, sequence, chunk), earliest on ties
+        S = data[0].shape[1]
+        n_ch = -(-S // chunk)
+        key = locs[:, 1] * (len(data) * data[0].shape[0] * n_ch) + locs[:, 0] // S * n_ch + locs[:, 0] % S // chunk
+        o = torch.argsort(vals, descending=True, stable=True)
+        o = o[torch.argsort(key[o], stable=True)]
+        first = torch.ones(len(o), dtype=torch.bool)
+        first[1:] = key[o][1:] != key[o][:-1]
+        locs, vals = locs[o[first]], vals[o[first]]
     top = {}
     order = torch.argsort(vals, descending=True, stable=True)
     order = order[torch.argsort(locs[order, 1], stable=True)]

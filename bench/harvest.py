@@ -282,7 +282,7 @@ def main(argv=None) -> dict:
     hooked = HookedModel(model, [hook])
     K, W = 20, 16
     cfg = HarvestArgs(top_k=K, n_random=40, window=W, batch_size=a.batch_size, context_length=a.context_length).state_config(
-        [d], max(len(tok), model.config.vocab_size))  # the CLI's settings (one top per window, ...)
+        [d], max(len(tok), model.config.vocab_size), device=device.type)  # the CLI's settings (one top per window, ...)
 
     forward, encode = bare_forward(model, data), forward_encode(hooked, d, hook, data)
 
@@ -304,7 +304,7 @@ def main(argv=None) -> dict:
     rows["harvest"] = (t, rss_mb() - r0, 0)
     with tempfile.TemporaryDirectory() as tmp:
         r0 = rss_mb()
-        t, (naive_top, disk) = timed(lambda: naive_baseline(hooked, d, data, hook, K, W, Path(tmp)))
+        t, (naive_top, disk) = timed(lambda: naive_baseline(hooked, d, data, hook, K, W, Path(tmp), cfg.top_chunk))
         rows["naive (cache all, then build)"] = (t, rss_mb() - r0, disk)
 
     # Agreement: our top-K locations vs the naive ones (global token index = loc here, seq ids 0..n).

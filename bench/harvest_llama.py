@@ -26,7 +26,7 @@ def llama_breakdown(a, device) -> tuple[str, dict, dict] | None:
 
     def make_cfg(n):  # the CLI's settings: one top example per window, the co-occurrence position sample
         sae = next(s for s in saes if s.n_latents == n)
-        return HarvestArgs(batch_size=a.llama_batch_size, context_length=a.llama_context_length).state_config([sae], V)
+        return HarvestArgs(batch_size=a.llama_batch_size, context_length=a.llama_context_length).state_config([sae], V, device=torch.device(device).type)
 
     res = breakdown(model, hook, saes, data, make_cfg, reps=a.reps, device=device, budget_s=a.breakdown_budget_s)
     label = "135M" if a.llama_preset == "llama-135m" else a.llama_preset

@@ -102,14 +102,15 @@ class HarvestArgs:
     pair_budget_mb: int = 1024
     "Above this size the token and co-occurrence tables switch from dense to bounded sketches."
     cooc_sample_rate: float = 0.0
-    "Share of token positions whose co-firing pairs a sketched co-occurrence table counts (a hash of the location decides, so every split samples the same positions; counts are scaled by 1/rate with their standard error). 0 (auto): sample only when a batch would build more than 4M pairs (e.g. 131k latents, k=64); dense tables are always exact."
+    "Share of token positions whose co-firing pairs a sketched co-occurrence table counts (a hash of the location decides, so every split samples the same positions; counts are scaled by 1/rate with their standard error). 0 (auto): sample only when a batch would build more pairs than the device's budget (1M on a CPU, 16M on an accelerator: e.g. 131k latents, k=64); 1: every position. Dense tables are always exact."
     sequence_offset: int = 0
     "This run's data starts at this sequence of a larger dataset split over machines (run i: the sequences before it), so that `engine.harvest merge` of the runs equals one harvest of all the data, reservoir samples included."
     backend: str = cli("torch", choices=("torch", "jax"))
     "torch, or jax: the whole harvest in JAX on every device of the default JAX backend (TPU chips), batches sharded over a mesh (pip install 'autointerp-engine[jax]')."
 
-    def state_config(self, dicts, vocab_size: int, rows: tuple[int, int] = (0, 0)) -> StateConfig:
-        """The accumulator's settings for these dictionaries (every backend builds its state from this)."""
+    def state_config(self, dicts, vocab_size: int, rows: tuple[int, int] = (0, 0), device: str = "cpu") -> StateConfig:
+        """The accumulator's settings for these dictionaries (every backend builds its state from this);
+        device: the kind it runs on (cpu, cuda, tpu, ...), for the co-occurrence sampling budget."""
         n_latents = sum(d.n_latents for d in dicts)
         lo, hi = rows
         sketched = choose_mode((hi or n_latents) - lo, n_latents, self.pair_budget_mb << 20) == "sketch"
@@ -119,7 +120,7 @@ class HarvestArgs:
             pair_budget_bytes=self.pair_budget_mb << 20, row_lo=lo, row_hi=hi, seq_offset=self.sequence_offset,
             top_chunk=2 * self.window + 1 if self.one_top_per_window else 0, center_examples=self.center_examples,
             cooc_rate=choose_rate(self.cooc_sample_rate, self.batch_size * self.context_length,
-                                  sum(map(firings_per_token, dicts)), sketched))
+                                  sum(map(firings_per_token, dicts)), sketched, device))
 
     def checkpoint_source(self) -> dict:
         """What a checkpoint's data came from; --resume refuses a checkpoint of other data."""

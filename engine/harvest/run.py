@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> Path:
     if split and world_size > n_latents:
         raise UserError(f"--latent-parallel over {world_size} ranks needs at least as many latents (have {n_latents}) -- use fewer processes")
     rows = (rank * n_latents // world_size, (rank + 1) * n_latents // world_size) if split else (0, 0)
-    cfg = a.state_config(dicts, vocab, rows)
+    cfg = a.state_config(dicts, vocab, rows, device.type)
     if rank == 0:
         print(f"harvest: {describe(cfg)}", file=sys.stderr)  # what --n-random / --top-k / --window cost, before any work
     run = open_run(a, rank)

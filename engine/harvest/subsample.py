@@ -45,16 +45,20 @@ def sample_positions(tok_loc: Tensor, rate: float, seed: int) -> tuple[Tensor, T
     return idx, keep, (key < rate).sum() - keep.sum()
 
 
-PAIRS_PER_BATCH = 1 << 22
-"Auto rate: co-firing pairs a batch may build for a sketched table (4M: ~0.1 s of CPU, nothing on a GPU)."
+PAIRS_PER_BATCH = {"cpu": 1 << 20, "accelerator": 1 << 24}
+"""Auto rate: co-firing pairs a batch may build for a sketched table. On a CPU the sketch's sort of 4M pairs
+took 3.5 s (135M shape, 16k latents, one thread), as long as a third of the forward; a GPU sorts 16M in
+milliseconds."""
 
 
-def choose_rate(requested: float, n_tok: int, per_token: int, sketched: bool) -> float:
+def choose_rate(requested: float, n_tok: int, per_token: int, sketched: bool, device: str = "cpu") -> float:
     """--cooc-sample-rate: a requested rate in (0, 1] as is; 0 (auto) samples only a sketched table, at the
-    rate that keeps a batch's co-firing pairs within PAIRS_PER_BATCH; dense tables always count every position."""
+    rate that keeps a batch's co-firing pairs within PAIRS_PER_BATCH of the device kind (cpu, else
+    accelerator); dense tables always count every position."""
     if not sketched:
         return 1.0
     if requested > 0:
         return min(1.0, requested)
+    budget = PAIRS_PER_BATCH["cpu" if device == "cpu" else "accelerator"]
     pairs = n_tok * per_token * per_token
-    return 1.0 if pairs <= PAIRS_PER_BATCH else PAIRS_PER_BATCH / pairs
+    return 1.0 if pairs <= budget else budget / pairs

@@ -93,7 +93,10 @@ def test_the_scaled_estimate_is_unbiased_with_the_stated_standard_error():
 
 def test_auto_rate_samples_only_big_sketched_tables():
     assert choose_rate(0.0, 2048, 16, sketched=False) == 1.0
-    assert choose_rate(0.0, 2048, 16, sketched=True) == 1.0  # 524k pairs: under the budget
-    r = choose_rate(0.0, 131072, 64, sketched=True)  # the Llama-8B shape: 537M pairs per batch
-    assert 131072 * 64 * 64 * r == 1 << 22
+    assert choose_rate(0.0, 2048, 16, sketched=True) == 1.0  # 524k pairs: under the CPU budget
+    assert 4096 * 32 * 32 * choose_rate(0.0, 4096, 32, sketched=True) == 1 << 20  # the 135M bench shape, CPU
+    r = choose_rate(0.0, 131072, 64, sketched=True, device="cuda")  # the Llama-8B shape: 537M pairs per batch
+    assert 131072 * 64 * 64 * r == 1 << 24
+    assert choose_rate(0.0, 131072, 64, sketched=True, device="tpu") == r
     assert choose_rate(0.25, 131072, 64, sketched=True) == 0.25
+    assert choose_rate(1.0, 131072, 64, sketched=True) == 1.0  # --cooc-sample-rate 1: every position

@@ -73,7 +73,7 @@ def setup(a: HarvestArgs, devices: list):
         if shapes[pt].shape[-1] != d.d_in:
             raise UserError(f"hookpoint {site.name} has width {shapes[pt].shape[-1]} but dictionary {d.path} expects "
                             f"d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
-    cfg = a.state_config(dicts, max(len(tokenizer), hf_cfg.vocab_size))
+    cfg = a.state_config(dicts, max(len(tokenizer), hf_cfg.vocab_size), device=devices[0].platform)
     h = MeshHarvest(devices, params, rope, spec, points, [dict_params(d) for d in dicts],
                     tuple(dict_static(d) for d in dicts), offsets_of(dicts), cfg, a.output_stats)
     return h, dicts, site_list, meta, tokenizer, cfg, scores
