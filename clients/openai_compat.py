@@ -268,8 +268,7 @@ class OpenAIWire:
             parsed = value if error is None else None
         logprobs = None
         if choice.logprobs is not None and choice.logprobs.content is not None:
-            logprobs = [[(t.token, t.logprob) for t in tok.top_logprobs] if tok.top_logprobs
-                        else [(tok.token, tok.logprob)] for tok in choice.logprobs.content]
+            logprobs = [generated_first(tok) for tok in choice.logprobs.content]
         prompt_logprobs = None
         if reply.prompt_logprobs is not None:
             # vLLM: one entry per prompt token, the first null; each maps token id (a string) to
@@ -293,6 +292,14 @@ class OpenAIWire:
             cost = 0.0
         return Usage(input_tokens=fresh, output_tokens=u.completion_tokens, cache_read_input_tokens=read,
                      cache_creation_input_tokens=write, cost_usd=cost)
+
+
+def generated_first(tok: _TokenLogprob) -> list[tuple[str, float]]:
+    """One generated position: the token generated first, then the other alternatives, most likely first.
+    Readers take alternatives[0] as what was generated; a grammar-constrained server (llama.cpp) lists
+    top_logprobs from the logits before the grammar, so the token it sampled may rank lower, or be absent."""
+    rest = [(t.token, t.logprob) for t in tok.top_logprobs or () if t.token != tok.token]
+    return [(tok.token, tok.logprob), *sorted(rest, key=lambda x: -x[1])]
 
 
 def _ranked(entry: dict[str, _PromptLogprob]) -> list[tuple[str, float]]:

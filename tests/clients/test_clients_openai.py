@@ -212,3 +212,20 @@ def test_responder_sees_request_and_dict_replies_are_encoded():
     _, _, (resp,) = run(complete_all("openai-compatible", {"responder": responder}, [request(prefix="")], model="m"))
     assert resp.parsed == {"reasoning": "r", "label": "item 0", "confidence": "low"}
     assert json.loads(resp.text) == resp.parsed and seen[0]["model"] == "m"
+
+
+def test_the_generated_token_comes_first_among_its_alternatives():
+    """llama.cpp under a grammar: top_logprobs are the pre-grammar ranking, so what was sampled ("1") may be
+    listed second or not at all; it must come first, since every reader takes alternatives[0] as generated."""
+    import msgspec
+
+    from clients.openai_compat import _TokenLogprob, generated_first
+
+    listed = msgspec.json.decode(b'{"token": "1", "logprob": -1.2, "top_logprobs": [{"token": "{", "logprob": -0.3},'
+                                 b' {"token": "1", "logprob": -1.2}, {"token": "0", "logprob": -2.0}]}', type=_TokenLogprob)
+    assert generated_first(listed) == [("1", -1.2), ("{", -0.3), ("0", -2.0)]
+    absent = msgspec.json.decode(b'{"token": "7", "logprob": -4.0, "top_logprobs": [{"token": "{", "logprob": -0.1}]}',
+                                 type=_TokenLogprob)
+    assert generated_first(absent) == [("7", -4.0), ("{", -0.1)]
+    bare = msgspec.json.decode(b'{"token": "x", "logprob": -0.5}', type=_TokenLogprob)
+    assert generated_first(bare) == [("x", -0.5)]
