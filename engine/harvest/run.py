@@ -5,6 +5,8 @@ r"""Harvest: one pass over a dataset, every statistic of every latent.
 
 With no arguments it harvests the embedded default (a 4-layer Llama trained on
 Python standard-library source and a TopK SAE on its block-2 residual stream).
+Runs over different data combine into one with
+`python -m engine.harvest merge RUN_A RUN_B --out RUN` (engine/harvest/merge_runs.py).
 
 Inside your own loop, use `engine.harvest.harvester.Harvester` (no model needed).
 
