@@ -100,6 +100,13 @@ def test_short_dataset_trims_the_token_store_and_windows_decode_whole(tmp_path, 
             assert "\ufffd" not in s.key  # a byte token alone reads <0xE4>
     assert n_non_ascii > 0
     assert TokenText.load(RunDir(out).token_bytes) is not None
+    # --overwrite harvest: the old harvest moves aside whole, and a fresh one is written
+    first = (out / "harvest" / "components.jsonl").read_bytes()
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", str(text), "--out", str(out), *SMALL, "--n-batches", "2",
+                  "--overwrite", "harvest"])
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "harvest" / "components.jsonl").read_bytes() == first
+    assert msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig).n_sequences == 4
 
 
 def test_resume_refuses_a_checkpoint_of_other_data():
