@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 
+from engine.harvest.config import HarvestArgs
 from engine.harvest.data import batches, iter_texts, pack
 from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
 from engine.harvest.dictionaries import load_dictionary
 from engine.harvest.harvester import Harvester
 from engine.harvest.model import load_model
 from engine.harvest.sources import HookedModel
-from engine.harvest.state import StateConfig
 
 
 def cpu_s() -> float:
@@ -70,8 +70,8 @@ def run_cli(main, argv: list[str]) -> None:
 def in_memory(model, tok, d, data: list[torch.Tensor], S: int, output_stats: bool):
     """The CLI's loop (engine.harvest.run) on sequences tokenized beforehand, with the CLI's defaults."""
     hooked = HookedModel(model, [d.hookpoint])
-    cfg = StateConfig(n_latents=d.n_latents, vocab_size=max(len(tok), model.config.vocab_size), seq_len=S,
-                      top_k=20, n_random=40, window=16, output_stats=output_stats)
+    cfg = HarvestArgs(context_length=S, batch_size=len(data[0]), output_stats=output_stats).state_config(
+        [d], max(len(tok), model.config.vocab_size))  # exactly the CLI's (one top per chunk, ...)
     h = Harvester([d], cfg, [d.hookpoint], "cpu")
     bos, first = tok.bos_token_id, 0
     for ids in data:
@@ -118,12 +118,12 @@ def breakdown(R, argv: list[str]) -> dict[str, float]:
 
     orig_pack = R.pack
     wrap(R, "load_model", "model+tokenizer load")
-    wrap(R, "load_dictionary", "dictionary load")
+    wrap(R, "open_dictionaries", "dictionary load")
     wrap(HookedModel, "run", "forward")
     wrap(Harvester, "update", "Harvester.update")
     wrap(TokenStore, "write", "tokens.bin writes")
     wrap(HarvestState, "save", "checkpoint save")
-    wrap(R, "build_results", "results (config, stats, components.jsonl)")
+    wrap(R, "build_results", "results (config, stats, components.jsonl, token bytes, directions)")
     R.pack = timed_pack
     try:
         t = time.perf_counter()

@@ -67,13 +67,13 @@ from pathlib import Path
 
 import torch
 
+from engine.harvest.config import HarvestArgs
 from engine.harvest.data import batches, iter_texts, pack
 from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
 from engine.harvest.dictionaries import load_dictionary
 from engine.harvest.harvester import Harvester
 from engine.harvest.model import load_model
 from engine.harvest.sources import HookedModel
-from engine.harvest.state import StateConfig
 
 HF_HOOK = "model.layers.2"
 "HF module path of blocks.2.hook_resid_post, where the shipped SAE was trained."
@@ -205,8 +205,8 @@ def hooked_sae_transformer_check(model, tok) -> str:
 
 def ours_state(model, tok, d, data, S: int, K: int):
     hooked = HookedModel(model, [d.hookpoint])
-    cfg = StateConfig(n_latents=d.n_latents, vocab_size=max(len(tok), model.config.vocab_size), seq_len=S, top_k=K,
-                      n_random=40, window=16, output_stats=False)
+    cfg = HarvestArgs(context_length=S, batch_size=len(data[0]), top_k=K, output_stats=False,  # every firing
+                      one_top_per_window=False).state_config([d], max(len(tok), model.config.vocab_size))  # eligible
     h = Harvester([d], cfg, [d.hookpoint], "cpu")
     for ids in data:
         acts, _ = hooked.run(ids, need_logits=False)
@@ -221,7 +221,7 @@ def ours_cli(out: Path, a) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # its summary line would land in the table
         harvest([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", DEFAULT_DATASET, "--out", str(out), "--n-batches",
                  str(a.batches), "--batch-size", str(a.batch_size), "--context-length", str(a.context_length),
-                 "--top-k", str(a.top_k), "--no-output-stats", "--device", "cpu"])
+                 "--top-k", str(a.top_k), "--no-output-stats", "--no-one-top-per-window", "--device", "cpu"])
 
 
 DELPHI_VERSION = "0.1.3"

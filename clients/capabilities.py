@@ -45,7 +45,7 @@ class ModelCaps(msgspec.Struct, kw_only=True, omit_defaults=True):
     "Structured-output shapes it refused (both refused: structured output is unsupported)."
 
 
-_CLAUDE = re.compile(r"claude-(?:[a-z]+-)?(\d+)-(\d+)(?:$|[-@])|claude-(\d+)\.(\d+)-")
+_CLAUDE = re.compile(r"claude-(?:[a-z]+-)?(\d+)[-.](\d+)(?:$|[-@:])|claude-(\d+)\.(\d+)-")
 
 
 def known(model: str) -> ModelCaps:

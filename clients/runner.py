@@ -85,7 +85,7 @@ async def run_requests(client: Client, requests: Iterable[CompletionRequest] | A
                     succeeded += 1
                 else:
                     failures[response.error] += 1
-                    not_sent += response.attempts == 0
+                    not_sent += response.attempts == 0 or response.error == "circuit_open"  # never answered
                 bar.update(1)
                 if failures:
                     bar.set_postfix(cost=f"${cost:.4f}", failed=sum(failures.values()), refresh=False)

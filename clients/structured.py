@@ -180,9 +180,11 @@ def schema_errors(value: Any, schema: dict, path: str = "$", root: dict | None =
                 errors += schema_errors(v, sub, f"{path}[{i}]", root)
         if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
             errors.append(f"{path}: {len(value)} items outside the allowed count")
-    elif isinstance(value, str):
-        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
-            errors.append(f"{path}: length {len(value)} outside the allowed range")
+    elif isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        errors.append(f"{path}: length {len(value)} below minLength {schema['minLength']}")
+    # maxLength is a bound for the provider's grammar (an unbounded string runs to the token limit), not a reason
+    # to throw away a reply: providers that cannot enforce it (Anthropic, where it is only a description) may
+    # overrun it by a little, and the text is still the answer.
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             errors.append(f"{path}: {value} < minimum {schema['minimum']}")

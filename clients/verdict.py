@@ -3,8 +3,8 @@
 kind:
   done    a CompletionResponse, usable or a classified result error (refusal, truncated, ...)
   retry   transient: try again after `retry_after` or a backoff
-  fail    final for this item (400, 404, 413, non-retryable provider error)
-  fatal   final for every item: the client halts (bad key, permission, spend cap)
+  fail    final for this item (400, 413, non-retryable provider error)
+  fatal   final for every item: the client halts (bad key, permission, unknown model or route, spend cap)
   resend  the request must be rebuilt and sent again at once (the wire changed its body format)
 health feeds the circuit breaker (ok / failed / neutral), overload the concurrency window.
 """
@@ -48,7 +48,7 @@ def http_verdict(status: int, retry_after: float | None, detail: str, request_id
     A 429 is an overload signal for the concurrency window (which shrinks only when they are a real share of
     recent replies); the limiter pauses every request only when `account_limited`."""
     common = dict(retry_after=retry_after, detail=detail, request_id=request_id)
-    if status in (401, 403):
+    if status in (401, 403, 404):  # bad key, no permission, unknown model or route: no request can succeed
         return Verdict(kind="fatal", error=f"http_{status}", health="neutral", **common)
     if status == 429:
         return Verdict(kind="retry", error="rate_limited", health="neutral", overload=True,

@@ -279,18 +279,26 @@ class FillReport:
 
 
 def window_centre(pos, seq_len: int, window: int, centred: bool = True):
-    """The position an example's 2W+1-token window is centred on (int or tensor positions).
+    """The position whose ±W window the harvest stores for an example at `pos` (int or tensor positions).
 
-    centred (--center-examples, the default): the firing itself, the window clipped to its sequence.
-    Otherwise delphi's fixed chunks: the window is the chunk [j (2W+1), (j+1)(2W+1)) holding the firing,
-    the last one moved back to end at the sequence's end (every window is whole and holds its firing)."""
+    centred (--center-examples, the default): the firing itself, its window clipped to the sequence.
+    Otherwise delphi's fixed chunks [j c, (j+1) c) of c = 2W+1 tokens (the last one shorter when c does not
+    divide the sequence): the chunk's middle, or the sequence's last token when the chunk is too short for
+    its middle, so the stored ±W window always covers the whole chunk (window_bounds)."""
     if centred:
         return pos
-    c = 2 * window + 1
-    start, last = pos // c * c, max(seq_len - c, 0)
-    start = start.clamp(max=last) if hasattr(start, "clamp") else min(start, last)
-    mid = start + window
+    mid = pos // (2 * window + 1) * (2 * window + 1) + window
     return mid.clamp(max=seq_len - 1) if hasattr(mid, "clamp") else min(mid, seq_len - 1)
+
+
+def window_bounds(pos: int, seq_len: int, window: int, centred: bool = True) -> tuple[int, int]:
+    """[start, end) of an example's window: ±W around the firing clipped to the sequence, or its fixed chunk.
+    Fixed chunks never overlap, so one top example per chunk (the harvest's rule) means disjoint windows."""
+    if centred:
+        return max(0, pos - window), min(seq_len, pos + window + 1)
+    c = 2 * window + 1
+    start = pos // c * c
+    return start, min(seq_len, start + c)
 
 
 def overlap_reach(window: int, centred: bool = True) -> int:

@@ -64,7 +64,7 @@ class HarvestArgs:
     n_random: int = 40
     "Uniformly sampled examples per latent (the pool explainer and held-out examples are drawn from; its memory cost is printed before the harvest starts)."
     center_examples: bool = True
-    "Example windows centred on the firing (--center-examples), or the fixed chunk of 2*window+1 tokens holding it, as delphi cuts its examples (--no-center-examples; the last chunk of a sequence ends at its end)."
+    "Example windows centred on the firing (--center-examples), or the fixed chunk of 2*window+1 tokens holding it, as delphi cuts its examples (--no-center-examples; a sequence's last chunk is shorter when 2*window+1 does not divide it)."
     one_top_per_window: bool = True
     "Top-K keeps at most one firing per latent in each chunk of 2*window+1 tokens of a sequence (delphi's rule: chunks at positions 0, 2W+1, ...), so the top examples are distinct contexts."
     window: int = cli(16, convert={"--example_ctx_len": _half_window})

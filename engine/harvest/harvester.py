@@ -20,7 +20,10 @@ from engine.harvest.state import HarvestState, StateConfig
 class Harvester:
     """Encodes activations with the dictionaries and folds them into a HarvestState."""
 
-    def __init__(self, dictionaries: list[Dictionary], cfg: StateConfig, hookpoints: list[str] | None = None, device="cpu"):
+    def __init__(self, dictionaries: list[Dictionary], cfg: StateConfig, hookpoints: list[str] | None = None, device="cpu",
+                 first_sequence: int = 0):
+        """first_sequence: the id of the first sequence `update` numbers (when it is given no seq_ids). Harvesters
+        over different data that will be merged need disjoint ids: give the second one the first's sequence count."""
         self.dictionaries = dictionaries
         self.hookpoints = hookpoints or [d.hookpoint or f"site{i}" for i, d in enumerate(dictionaries)]
         self.offsets = [0]
@@ -30,7 +33,7 @@ class Harvester:
             raise ValueError(f"StateConfig.n_latents={cfg.n_latents} but the dictionaries have {self.offsets[-1]} latents")
         self.state = HarvestState(cfg, device)
         self.device = torch.device(device)
-        self._next_seq = 0
+        self._next_seq = first_sequence
 
     def encode(self, acts: dict[str, Tensor] | Tensor) -> Firings:
         """{hookpoint: [B, S, d]} -> the batch's firings over the global latent axis, in fixed slots."""

@@ -42,7 +42,8 @@ from engine.harvest.data import TokenStore
 from engine.harvest.state import HarvestState
 
 SAME = ("model", "model_class", "dataset_column", "context_length", "hookpoints", "n_latents", "top_k", "n_random",
-        "window", "center_examples", "top_chunk", "histogram_edges", "filter_bos", "output_stats", "seed", "backend")
+        "window", "center_examples", "top_chunk", "histogram_edges", "filter_bos", "output_stats", "seed", "backend",
+        "random_dictionary")
 "RunConfig fields that must agree for runs to merge."
 
 
@@ -68,11 +69,21 @@ def _refuse_different(a: RunDir, ra: RunConfig, b: RunDir, rb: RunConfig) -> Non
 
 
 def _end_state(run: RunDir, rc: RunConfig, device) -> tuple[HarvestState, dict]:
+    """The run's end state; a torchrun run's ranks (checkpoint/rank{r}/) merged into one."""
     ckpt = run.checkpoint(None)
-    if not (ckpt / "state.json").exists():
+    ranks = sorted(ckpt.glob("rank*/state.json"), key=lambda p: int(p.parent.name[4:]) if p.parent.name[4:].isdigit() else 0)
+    if not (ckpt / "state.json").exists() and not ranks:
         raise UserError(f"run {run.root} kept no end state ({ckpt} is missing) -- harvest it again with "
                         "--final-checkpoint (or --checkpoint-every N) to merge it")
-    state, meta = HarvestState.load(ckpt, device)
+    if "latent_parallel" in rc.extra:
+        raise UserError(f"run {run.root} is a --latent-parallel harvest (each rank kept a latent range) -- merge "
+                        "data-parallel runs only, or harvest it without --latent-parallel")
+    if (ckpt / "state.json").exists():
+        state, meta = HarvestState.load(ckpt, device)
+    else:  # data-parallel ranks: each holds every latent over its batches
+        state, meta = HarvestState.load(ranks[0].parent, device)
+        for p in ranks[1:]:
+            state.merge(HarvestState.load(p.parent, device)[0])
     if meta.get("sequences_done") != rc.n_sequences:
         raise UserError(f"run {run.root}: its checkpoint holds {meta.get('sequences_done')} sequences but config.json "
                         f"{rc.n_sequences} -- finish it with --resume before merging")
@@ -128,6 +139,7 @@ def merge_runs(paths: list[str | Path], out: str | Path, device="cpu") -> Path:
     for r, rc in zip(runs, configs):
         state, _ = _end_state(r, rc, device)
         exact_sample &= state.cfg.seq_offset == first_offset + offset  # its keys hashed the global locations
+        exact_sample &= rc.extra.get("reservoir_exact", True)  # an earlier merge's own verdict
         if merged is None:
             merged, base_cfg = state, state.cfg
         else:
@@ -170,7 +182,10 @@ def _write_results(state: HarvestState, rc: RunConfig, dest: RunDir, device) -> 
     from engine.harvest.results import build_results
 
     model, tokenizer = load_model(rc.model, torch.device(device), "float32")
-    dicts = [load_dictionary(h.dictionary, hookpoint=h.name).subset(h.latent_ids or []) for h in rc.hookpoints]
+    dicts = [load_dictionary(h.dictionary, hookpoint=h.name) for h in rc.hookpoints]
+    if rc.random_dictionary:  # the control's weights, drawn as the harvest drew them (prepare.open_dictionaries)
+        dicts = [d.randomized(rc.seed + i) for i, d in enumerate(dicts)]
+    dicts = [d.subset(h.latent_ids or []) for d, h in zip(dicts, rc.hookpoints)]
     store = TokenStore(dest.tokens, rc.n_sequences, rc.context_length, mode="r")
     build_results(state, rc, dicts, tokenizer, store, model, dest)
 

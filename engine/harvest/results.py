@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from engine.core.examples import window_centre
+from engine.core.examples import window_bounds, window_centre
 from engine.core.rundir import RunDir, replacing, write_atomic
 from engine.core.schemas import (
     ActivationExample,
@@ -208,10 +208,10 @@ def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, tt: TokenT
         if loc < 0:
             continue
         seq, pos = divmod(loc, S)
-        mid = pos if centred else window_centre(pos, S, W, centred=False)
-        a, b = max(0, mid - W), min(S, mid + W + 1)  # the ±W window around mid, clipped to its sequence
+        mid = window_centre(pos, S, W, centred)  # the stored window: rows mid - W .. mid + W
+        a, b = window_bounds(pos, S, W, centred)  # what the example shows, inside the stored rows
         ids, fi = tokens[seq, a:b].tolist(), pos - a
-        lo = a - (mid - W)  # window rows start at mid - W
+        lo = a - (mid - W)
         out.append(ActivationExample(sequence=seq, position=pos, activation=round(val, 6), token_ids=ids,
                                      tokens=tt.pieces(ids), activations=wins[j, lo : lo + len(ids)].tolist(),
                                      firing_index=fi, source=source))

@@ -312,6 +312,11 @@ class HarvestState:
         """Fold another state (another shard of the data) into this one."""
         if asdict(other.cfg) != asdict(self.cfg):
             raise ValueError("cannot merge harvest states with different configs")
+        for mine, theirs in ((self.top_loc, other.top_loc), (self.res_loc, other.res_loc)):
+            both = torch.cat([mine, theirs], dim=1).sort(dim=1).values  # [L, 2K]: a location in both = same data
+            if bool(((both[:, 1:] == both[:, :-1]) & (both[:, 1:] >= 0)).any()):
+                raise ValueError("cannot merge harvest states that hold the same sequence locations: give each "
+                                 "Harvester its own first_sequence (or seq_ids), e.g. the first one's sequence count")
         self.n_tokens += other.n_tokens
         self.overflow += other.overflow
         self.cooc_excess += other.cooc_excess

@@ -75,10 +75,16 @@ def run_interpret(run_dir: str | Path, cfg: InterpretConfig, negatives=None, cli
     if cfg.uses_llm and not cfg.model:
         raise UserError(f"--provider {cfg.provider} needs --model (e.g. claude-haiku-4-5)")
     rc = run.load_config()
-    if cfg.overwrite and not cfg.dry_run:
-        run.set_aside(cfg.overwrite)
     keep = selection(cfg.latents)
     shard = Shard.parse(cfg.shard)
+    if cfg.overwrite and not cfg.dry_run:  # everything that can refuse the command runs before anything moves
+        if cfg.uses_llm and client is None:
+            cfg.make_client()  # a missing key or base URL (opens no connection)
+        if cfg.explainer == "contrastive" and cfg.uses_llm and negatives is None:
+            from engine.interpret.negatives import open_source
+
+            negatives = open_source(run.root, rc, cfg.non_activating, progress=cfg.progress, neighbours=cfg.neighbours)
+        run.set_aside(cfg.overwrite)
     existing = run.read_explanations()
     labels, background = prepare_labels(run, existing)
     todo, few = [], 0

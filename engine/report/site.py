@@ -84,6 +84,8 @@ def public_name(s: str) -> str:
     existing here) becomes its last component; a hub name such as `org/model` stays whole."""
     if not s:
         return s
+    if " + " in s:  # a merged run's datasets (engine.harvest merge): each part on its own
+        return " + ".join(public_name(part) for part in s.split(" + "))
     p = Path(s).expanduser()
     if s.startswith(("/", "~", "./", "../", "\\")) or (len(s) > 1 and s[1] == ":") or p.exists():
         return p.name or s

@@ -51,6 +51,8 @@ class ScoreRunConfig(ClientArgs):
 
     def __post_init__(self):
         self.candidate_config(0)  # a bad sampler setting is a one-line UserError before any work
+        if self.n_quantiles is not None and self.n_quantiles < 1:
+            raise UserError(f"--n-quantiles {self.n_quantiles}: at least 1 -- or leave it out for the explanation's own")
         if not 0.0 <= self.score.min_judged <= 1.0:
             raise UserError(f"--min-judged {self.score.min_judged}: a share between 0 and 1")
 

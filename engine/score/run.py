@@ -85,8 +85,6 @@ def run_score(run_dir: str | Path, cfg: ScoreRunConfig, negatives=None, client=N
                         "openai-compatible) and --model; only the embedding and surprisal scorers run offline")
     if llm_needed and not cfg.model:
         raise UserError(f"--provider {cfg.provider} needs --model")
-    if cfg.overwrite:  # after the checks: a refused command moves nothing
-        run.set_aside(cfg.overwrite)
     if not run.read_explanations():
         raise UserError(f"{run.explanations()} holds no explanation -- run "
                         f"python -m engine.interpret {run.root} first")
@@ -97,6 +95,10 @@ def run_score(run_dir: str | Path, cfg: ScoreRunConfig, negatives=None, client=N
     own_client = client is None and llm_needed
     if own_client:
         client = cfg.make_client(state_dir=run.root)
+    if cfg.overwrite:  # after every check, the negative pool and the client: a refused command moves nothing
+        selection(cfg.latents)  # a bad --latents or --shard is refused here, before anything moves
+        Shard.parse(cfg.shard)
+        run.set_aside(cfg.overwrite)
     stopped = None
     try:
         asyncio.run(_score_all(run, rc, cfg, scorers, negatives, client, own_client))

@@ -44,6 +44,7 @@ async def _run(server, model, reqs, state_dir, provider="anthropic", **kw):
     ("claude-3-5-sonnet-20241022", False), ("claude-opus-4-20250514", False), ("claude-opus-4-7", True),
     ("claude-haiku-5-5", True), ("anthropic/claude-sonnet-5-5", True), ("anthropic/claude-4.7-opus", True),
     ("claude-opus-4-7-20260416", True), ("local-model", False),
+    ("anthropic/claude-opus-4.7", True), ("anthropic/claude-haiku-5.5", True), ("anthropic/claude-sonnet-4.5", False),
 ])
 def test_capability_table(model, drops):
     assert ("temperature" in known(model).drop) == drops

@@ -26,6 +26,10 @@ def test_anthropic_schema_folds_every_refused_bound_into_descriptions():
     # the reply is still checked against the bounds
     assert decode_output('{"answers": [0, 1], "maximum": "x"}', JUDGE)[1] is not None
     assert decode_output('{"answers": [0, 1, 0, 1, 1], "maximum": "x"}', JUDGE)[1] is None
+    long = "y" * 120  # past maxLength 80: a grammar's bound, not a reason to throw a good reply away
+    assert decode_output('{"answers": [0, 1, 0, 1, 1], "maximum": "%s"}' % long, JUDGE) == (
+        {"answers": [0, 1, 0, 1, 1], "maximum": long}, None)
+    assert decode_output('{"answers": [0, 1, 0, 1, 2], "maximum": "x"}', JUDGE)[1] is not None  # numbers still held
 
 
 def test_bounded_schemas_reach_the_fake_anthropic_server(monkeypatch):

@@ -103,3 +103,31 @@ def test_429_from_an_exhausted_account_pauses_everyone(monkeypatch):
     out, t0 = asyncio.run(go())
     assert all(r.error is None for r in out) and fault.used == 1
     assert len(served) == 5 and min(served) - t0 >= 0.6, "no request went out while the account was empty"
+
+
+def test_an_unknown_model_or_route_stops_the_client_at_once(monkeypatch):
+    """404 (a wrong --model or --base-url) can never succeed: the client stops after the first replies, with
+    the server's message and the count of requests it never sent, instead of sending (and failing) them all."""
+    import pytest
+
+    from clients.errors import ClientStopped
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-route-test-0000000000")
+    faults = [Fault.http(404, times=0, message="model 'smollm3' not found")]
+
+    async def go():
+        async with FakeLLMServer(faults=faults, latency_s=0.01) as server:
+            client = make_client("openai-compatible", "smollm3", base_url=server.base_url + "/v1", max_concurrent=2)
+            out = []
+            try:
+                with pytest.raises(ClientStopped) as stop:
+                    await run_requests(client, requests_(30), out.append, progress=False)
+            finally:
+                await client.aclose()
+            return out, stop.value, len(server.requests_seen)
+
+    out, stop, seen = asyncio.run(go())
+    assert len(out) == 30 and all(r.error is not None for r in out)  # every request answered, none lost
+    assert seen <= 4, "only the requests in flight when the first 404 came back were sent"
+    assert "smollm3' not found" in str(stop) and stop.not_sent >= 26
+    assert f"{stop.not_sent} of 30 requests not sent" in str(stop)

@@ -41,9 +41,14 @@ def _torchrun(out, *extra):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def test_two_process_gloo_equals_single_process(tmp_path, single):
-    multi = tmp_path / "multi"
-    _torchrun(multi)
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multi")
+    _torchrun(out, "--final-checkpoint")  # each rank keeps its end state: checkpoint/rank{r}/
+    return out
+
+
+def test_two_process_gloo_equals_single_process(single, multi):
     a = load_file(str(single / "harvest" / "stats.safetensors"))
     b = load_file(str(multi / "harvest" / "stats.safetensors"))
     for k in ("count", "hist", "tok_total"):
@@ -71,3 +76,19 @@ def test_latent_parallel_ranks_write_the_single_process_results(tmp_path, single
     halves = [load_file(str(split / "harvest" / "checkpoint" / f"rank{r}" / "tensors.safetensors")) for r in range(2)]
     assert [len(h["count"]) for h in halves] == [512, 512]  # each rank held half of the 1024 latents
     assert [h["cooc.table"].shape for h in halves] == [(512, 1024), (512, 1024)]
+
+
+def test_a_torchrun_run_merges_with_a_run_over_other_data(tmp_path, multi):
+    """engine.harvest merge reads a torchrun run's per-rank end states and folds them into one."""
+    other_data = tmp_path / "other.txt"
+    other_data.write_text("\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}" for i in range(300)))
+    other = tmp_path / "other"
+    subprocess.run([sys.executable, "-m", "engine.harvest", DEFAULT_MODEL, DEFAULT_SAE, "--dataset", str(other_data),
+                    "--n-batches", "2", "--batch-size", "4", "--context-length", "64", "--top-k", "5", "--n-random", "4",
+                    "--window", "3", "--final-checkpoint", "--out", str(other)], check=True, cwd=ROOT, capture_output=True,
+                   env=ENV)
+    r = subprocess.run([sys.executable, "-m", "engine.harvest", "merge", str(multi), str(other), "--out",
+                        str(tmp_path / "merged")], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b, m = (load_file(str(p / "harvest" / "stats.safetensors")) for p in (multi, other, tmp_path / "merged"))
+    assert torch.equal(m["count"], a["count"] + b["count"]) and torch.equal(m["hist"], a["hist"] + b["hist"])

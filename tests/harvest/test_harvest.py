@@ -275,17 +275,20 @@ def test_sketched_lists_keep_their_stated_bounds(tmp_path, brute):
 
 def test_fixed_chunk_windows(tmp_path, brute):
     """--no-center-examples: every example's window is the chunk of 2W+1 tokens holding its firing (the last
-    chunk of a sequence ends at its end), with the latent's true activation on each of its tokens."""
+    chunk of a sequence shorter when 2W+1 does not divide it), with the latent's true activation on each token;
+    with one top example per chunk, no two top windows of a latent overlap."""
     run(tmp_path / "chunks", "--no-center-examples", "--no-output-stats")
     A, tokens, rc = brute["A"], brute["tokens"], brute["rc"]
     S, c = rc.context_length, 2 * rc.window + 1
     n_checked = 0
     for lat, comp in read_components(tmp_path / "chunks").items():
         for e in comp.top_examples + comp.random_examples:
-            start = min(e.position // c * c, S - c)
-            assert e.token_ids == tokens[e.sequence, start : start + c].tolist()
+            start = e.position // c * c
+            assert e.token_ids == tokens[e.sequence, start : start + c].tolist()  # (slicing stops at S)
             assert e.firing_index == e.position - start
             assert e.activations == pytest.approx(A[e.sequence, start : start + c, lat].tolist(), abs=1e-4)
             n_checked += 1
-    assert n_checked > 1000
+        spans = sorted((e.sequence, e.position // c) for e in comp.top_examples)
+        assert len(set(spans)) == len(spans)
+    assert n_checked > 1000 and S % c  # the data has a short last chunk
     assert RunDir(tmp_path / "chunks").load_config().center_examples is False

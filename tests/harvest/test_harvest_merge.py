@@ -143,3 +143,31 @@ def test_merge_command_line(runs, tmp_path):
                         str(tmp_path / "cli")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert RunDir(tmp_path / "cli").components.stat().st_size > 0
+
+
+def test_merges_keep_the_random_control_and_an_earlier_merge_s_verdict(runs, tmp_path, capsys):
+    """A merge of --random-dictionary runs describes the random weights (logit lens, directions), not the
+    trained ones; a merge of a merge whose sample was not exact stays not exact."""
+    with gzip.open(DEFAULT_DATASET, "rt") as f:
+        docs = [json.loads(line)["text"] for line in f]
+    a_data, c_data = _texts(tmp_path / "a.jsonl", docs[:6]), _texts(tmp_path / "c.jsonl", docs[40:44])
+    ra = tmp_path / "RA"
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", str(a_data), "--out", str(ra), *FLAGS, "--random-dictionary"])
+    rb = tmp_path / "RB"
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", str(c_data), "--out", str(rb), *FLAGS, "--random-dictionary",
+                  "--sequence-offset", str(RunDir(ra).load_config().n_sequences)])
+    merge_main([str(ra), str(rb), "--out", str(tmp_path / "RM")])
+    lens = {c.latent: c.logit_lens for c in RunDir(ra).iter_components()}
+    merged = {c.latent: c.logit_lens for c in RunDir(tmp_path / "RM").iter_components()}
+    assert merged and all(merged[k] == lens[k] for k in merged.keys() & lens.keys())
+    assert (tmp_path / "RM" / "harvest" / "directions.safetensors").read_bytes() == (
+        ra / "harvest" / "directions.safetensors").read_bytes()
+    trained = {c.latent: c.logit_lens for c in RunDir(runs / "A").iter_components()}
+    assert any(trained[k] != merged[k] for k in merged.keys() & trained.keys())
+    # a merge of a merge: A + B0 (no offsets: not exact), then + a run at the right offset -> still not exact
+    merge_main([str(runs / "A"), str(runs / "B0"), "--out", str(tmp_path / "M0")])
+    c = tmp_path / "C"
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", str(c_data), "--out", str(c), *FLAGS,
+                  "--sequence-offset", str(RunDir(tmp_path / "M0").load_config().n_sequences)])
+    merge_main([str(tmp_path / "M0"), str(c), "--out", str(tmp_path / "M2")])
+    assert RunDir(tmp_path / "M2").load_config().extra["reservoir_exact"] is False

@@ -43,10 +43,10 @@ def assert_states_equal(j: HarvestState, t: HarvestState):
             assert len(bad) == 0, f"{name}: {len(bad)} entries differ, first at {bad[:3].tolist()}: {got[tuple(bad[0])]} vs {ref[tuple(bad[0])]}"
 
 
-def _harvest_both(cfg: StateConfig, seed=0):
+def _harvest_both(cfg: StateConfig, seed=0, first_seq=0):
     ts, js = HarvestState(cfg), init_state(cfg)
     for b, (tokens, idx, val, valid, logits) in enumerate(_batches(seed)):
-        seq = torch.arange(b * B, (b + 1) * B)
+        seq = torch.arange(first_seq + b * B, first_seq + (b + 1) * B)
         next_top = next_mass = None
         if cfg.output_stats:
             probs = torch.softmax(logits, dim=-1)  # engine.harvest.harvester's output-stat inputs
@@ -94,7 +94,7 @@ def test_round_trip_and_merge_of_jax_states():
     """from_torch -> to_torch is the identity, and merged() folds per-device states as HarvestState.merge."""
     cfg = StateConfig(n_latents=L, vocab_size=V, seq_len=S, top_k=4, n_random=3, window=2, output_top=T, output_stats=True)
     a_j, a_t = _harvest_both(cfg, seed=1)
-    b_j, b_t = _harvest_both(cfg, seed=2)
+    b_j, b_t = _harvest_both(cfg, seed=2, first_seq=1000)  # other data: other sequence ids
     assert_states_equal(to_torch(from_torch(a_t), cfg), a_t)
     a_t.merge(b_t)
     assert_states_equal(merged([from_torch(a_j), from_torch(b_j)], cfg), a_t)

@@ -303,3 +303,29 @@ def test_sketch_guarantee_holds_for_any_split_and_merge_order(seed, n_shards, sl
         assert err <= exact[r].sum() / (slots + 1) + 1e-9
         assert (w <= exact[r, c] + 1e-9).all() and (w >= exact[r, c] - err - 1e-9).all()
         assert set(torch.nonzero(exact[r] > err + 1e-9).squeeze(1).tolist()) <= set(c.tolist())
+
+
+def test_library_merges_need_disjoint_sequence_ids():
+    """Two Harvesters over different data numbered from 0 would collide on locations: the merge refuses; with
+    first_sequence the second's ids follow the first's and the merge equals one pass over both."""
+    from engine.harvest.dictionaries import Dictionary
+    from engine.harvest.harvester import Harvester
+
+    g = torch.Generator().manual_seed(5)
+    d = Dictionary("r", "random:relu", "h", torch.randn(8, 12, generator=g), torch.zeros(12), None, None, "relu", 0, None,
+                   8, 12)
+    cfg = StateConfig(n_latents=12, vocab_size=11, seq_len=10, top_k=3, n_random=3, window=1, output_stats=False)
+    acts = torch.randn(8, 10, 8, generator=g)
+    tokens = torch.randint(0, 11, (8, 10), generator=g)
+    one = Harvester([d], cfg)
+    one.update(acts, tokens)
+    a, b = Harvester([d], cfg), Harvester([d], cfg)
+    a.update(acts[:4], tokens[:4])
+    b.update(acts[4:], tokens[4:])
+    with pytest.raises(ValueError, match="same sequence locations"):
+        a.state.merge(b.state)
+    b = Harvester([d], cfg, first_sequence=4)
+    b.update(acts[4:], tokens[4:])
+    a.state.merge(b.state)
+    for name, t in one.state.tensors().items():
+        assert torch.equal(t, a.state.tensors()[name]) or torch.allclose(t.double(), a.state.tensors()[name].double()), name

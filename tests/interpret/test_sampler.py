@@ -145,6 +145,11 @@ def test_bad_sampler_values_are_one_line_exit_2(sampled, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and flag in err and "Traceback" not in err, err
+    from engine.score import run as score
+
+    with pytest.raises(SystemExit) as exit_:  # engine.score refuses it too (0 used to mean "the recorded one")
+        run_cli(score.main, [str(run.dir), "--scorers", "embedding", "--n-quantiles", "0"])
+    assert exit_.value.code == 2 and "--n-quantiles 0" in capsys.readouterr().err
 
 
 def test_unfillable_test_set_is_one_warning_line(sampled, tmp_path, capsys):

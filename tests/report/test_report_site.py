@@ -241,3 +241,12 @@ def test_random_dictionary_runs_are_marked(built, tmp_path):
     idx = build_report(ctl, workers=1)
     pages = [idx, *sorted(idx.parent.glob("latents/*/*.html"))[:3]]
     assert len(pages) == 4 and all('id="random-control"' in p.read_text() for p in pages)
+
+
+def test_public_names_hide_local_paths_also_of_merged_runs():
+    from engine.report.site import public_name
+
+    assert public_name("/home/alice/data/a.txt") == "a.txt"
+    assert public_name("google/gemma-2-2b") == "google/gemma-2-2b"  # a hub name stays whole
+    assert public_name("/tmp/rv/a.txt + /home/alice/b.txt") == "a.txt + b.txt"  # engine.harvest merge's datasets
+    assert public_name("wikitext + ./local/part2.jsonl") == "wikitext + part2.jsonl"

@@ -51,3 +51,17 @@ def test_overwrite_sets_each_stage_aside_and_starts_afresh(tmp_path, capsys):
     assert (newest / "interpretations" / "results.jsonl").read_bytes() == first_expl
     assert (newest / "scores").is_dir()  # the scores of the replaced explanations go with them
     assert not rd.scores.exists() and rd.explanations().exists()
+
+
+def test_a_refused_overwrite_moves_nothing(tmp_path, monkeypatch):
+    import pytest
+
+    from clients.errors import ClientConfigError
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    run = write_run(tmp_path / "run", n_latents=4)
+    run_interpret(run.dir, InterpretConfig(provider="search", progress=False))
+    with pytest.raises(ClientConfigError):  # no key: refused before the old explanations move
+        run_interpret(run.dir, InterpretConfig(provider="anthropic", model="claude-haiku-4-5", progress=False,
+                                               overwrite=("explanations",)))
+    assert not list(run.dir.glob("replaced-*")) and (run.dir / "interpretations" / "results.jsonl").exists()

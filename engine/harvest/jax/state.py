@@ -186,7 +186,7 @@ def update(state: dict, tokens, idx, val, overflow, seq_ids, valid, next_top, ne
         q = tok[ci]
         if not cfg.center_examples:  # the firing's fixed chunk, as core.examples.window_centre
             c, pos = 2 * cfg.window + 1, q % S
-            mid = jnp.minimum(jnp.minimum(pos // c * c, max(S - c, 0)) + cfg.window, S - 1)
+            mid = jnp.minimum(pos // c * c + cfg.window, S - 1)
             q = q - pos + mid
         return _windows(keys_sorted, vals_sorted, L, q, rows, cfg.window, S)
 
