@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     from engine.report import site as report
 
     harvest.main([DEFAULT_MODEL, "--dataset", DEFAULT_DATASET, "--n-tokens", str(a.n_tokens), "--out", a.out,
-                  "--n-random", "20", "--batch-size", "16"])
+                  "--n-random", "100", "--batch-size", "16"])  # enough random firings to fill the default test set
     interpret.main([a.out, "--provider", "search"])
     index = report.build_report(Path(a.out))
     run = RunDir(a.out)
