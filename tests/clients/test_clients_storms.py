@@ -45,7 +45,9 @@ def test_overload_storm_every_12_s_loses_nothing(monkeypatch):
     out, summary, client, server = asyncio.run(go())
     assert Counter(r.custom_id for r in out) == Counter(r.custom_id for r in reqs)
     assert summary.succeeded == 1024 and summary.failures == {}
-    assert storm.used > 64 and client.breaker.times_opened >= 1, "the storm hit and opened the breaker"
+    # the storm hit (a breaker opens at half of its last 50 attempts failing: 25 at least) and opened the breaker;
+    # how many requests a storm catches depends on timing (62 and 100+ both seen on a loaded 2-core machine)
+    assert storm.used >= 25 and client.breaker.times_opened >= 1, (storm.used, client.breaker.times_opened)
     assert sum(r.attempts for r in out) == len(server.requests_seen) == 1024 + storm.used
     assert client.stopped is None
 
