@@ -115,13 +115,14 @@ STATS = ("count", "act_sum", "act_max", "hist", "tok_total")
 def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, model, run: RunDir) -> None:
     s = {k: v.cpu() for k, v in state.tensors().items()}
     write_summary(rc, s, run)
-    write_components(state, rc, dicts, tokenizer, store, model, run.components, s["count"])
-    write_vocabulary_files(rc, dicts, tokenizer, model, run, state.cfg.vocab_size)
+    tt = token_text(tokenizer, state.cfg.vocab_size)  # built once: the examples' text and token_bytes.json
+    write_components(state, rc, dicts, tt, store, model, run.components, s["count"])
+    write_vocabulary_files(rc, dicts, tt, model, run)
 
 
-def write_vocabulary_files(rc: RunConfig, dicts, tokenizer, model, run: RunDir, vocab: int) -> None:
+def write_vocabulary_files(rc: RunConfig, dicts, tt: TokenText, model, run: RunDir) -> None:
     """token_bytes.json (every token's bytes) and directions.safetensors (engine/harvest/neighbours.py)."""
-    token_text(tokenizer, vocab).save(run.token_bytes)
+    tt.save(run.token_bytes)
     write_directions(dicts, model, rc, run.harvest)
 
 
@@ -132,16 +133,16 @@ def write_summary(rc: RunConfig, stats: dict[str, Tensor], run: RunDir) -> None:
         save_file({k: stats[k].contiguous() for k in STATS}, str(tmp))
 
 
-def write_components(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, model, path: Path,
+def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, store, model, path: Path,
                      all_counts: Tensor, progress: bool = True) -> None:
-    """One ComponentData line per latent of the state's rows that fired, written to `path` via a temp file.
+    """One ComponentData line per latent of the state's rows that fired, written to `path` via a temp file
+    (tt: the run's token text, `token_text(tokenizer, vocab)`).
     all_counts [n_latents]: firing counts of every latent (co-occurrence marginals; a latent-parallel
     state only counts its own rows)."""
     cfg = state.cfg
     lo, _ = cfg.rows
     s = {k: v.cpu() for k, v in state.tensors().items()}
     N = float(s["n_tokens"])
-    tt = token_text(tokenizer, cfg.vocab_size)
     vocab_str = [tt.readable(i) for i in range(cfg.vocab_size)]
     original = [(h, h.latent_ids[i] if h.latent_ids else i) for h in rc.hookpoints for i in range(h.n_latents)]
     keys = [f"{h.name}/{i}" for h, i in original]

@@ -283,7 +283,7 @@ def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokeni
     import torch.distributed as dist
 
     from engine.harvest.distributed import world
-    from engine.harvest.results import STATS, write_components, write_summary, write_vocabulary_files
+    from engine.harvest.results import STATS, token_text, write_components, write_summary, write_vocabulary_files
 
     rank, world_size = world()
     cfg = state.cfg
@@ -301,11 +301,12 @@ def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokeni
     rc.extra["latent_parallel"] = world_size
     out = run.harvest
     part = run.components_part(rank)
-    write_components(state, rc, dicts, tokenizer, store, model, part, full["count"], progress=rank == 0)
+    tt = token_text(tokenizer, cfg.vocab_size)
+    write_components(state, rc, dicts, tt, store, model, part, full["count"], progress=rank == 0)
     dist.barrier()
     if rank == 0:
         write_summary(rc, {k: full[k] for k in STATS}, run)
-        write_vocabulary_files(rc, dicts, tokenizer, model, run, cfg.vocab_size)
+        write_vocabulary_files(rc, dicts, tt, model, run)
         with replacing(run.components) as tmp, open(tmp, "wb") as f:  # ranks own ordered ranges: the parts
             for r in range(world_size):                                 # concatenate in latent order
                 with open(run.components_part(r), "rb") as p:

@@ -18,7 +18,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.core.errors import run_cli
 from engine.core.rundir import RunDir
 from engine.core.schemas import RunConfig
 from engine.harvest.defaults import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SAE
@@ -26,6 +25,7 @@ from engine.harvest.dictionaries import load_dictionary
 from engine.harvest.model import load_model
 from engine.harvest.run import main as harvest_main
 from engine.harvest.sources import HookedModel
+from tests.helpers.cli_errors import one_line_error
 from tests.helpers.run_files import components_by_latent as read_components
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,14 +179,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 
 
 def _cli_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        run_cli(harvest_main, argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]  # progress bars may precede it; the error is one line
-    assert last.startswith("error: ") and " -- " in last, err
-    return last
+    return one_line_error(capsys, harvest_main, argv)
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):

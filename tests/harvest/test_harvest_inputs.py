@@ -7,31 +7,24 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from engine.core.errors import run_cli
 from engine.core.latents import parse_latents
 from engine.core.rundir import RunDir
-from engine.core.token_text import TokenText
 from engine.core.schemas import RunConfig
+from engine.core.token_text import TokenText
 from engine.harvest.config import HarvestArgs
 from engine.harvest.defaults import DEFAULT_MODEL, DEFAULT_SAE
-from engine.harvest.run import main as harvest_main
 from engine.harvest.memory import describe, state_bytes
+from engine.harvest.run import main as harvest_main
 from engine.harvest.run import parse_args
 from engine.harvest.state import HarvestState, StateConfig
+from tests.helpers.cli_errors import one_line_error
 
 SMALL = ["--batch-size", "2", "--context-length", "32", "--top-k", "3", "--n-random", "2", "--window", "2",
          "--no-output-stats"]
 
 
 def _one_line_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        run_cli(harvest_main, argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and " -- " in last, err
-    return last
+    return one_line_error(capsys, harvest_main, argv)
 
 
 @pytest.mark.parametrize("flags, says", [
