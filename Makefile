@@ -62,7 +62,8 @@ demo-real: $(VENV)/.installed-real
 
 # GGML_NATIVE=OFF + AVX2: a -march=native build (the default) emits AMX code on Sapphire Rapids hosts that a sandbox
 # without AMX state kills with SIGILL on the first request; AVX2 runs on any x86-64 of the last decade.
+# --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS, so a wheel built earlier with other flags would be reused.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 e2e: $(VENV)/.installed-real
-	@$(PY) -c "import llama_cpp.server" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "llama-cpp-python[server]"
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir "llama-cpp-python[server]"
 	$(PY) -m bench.e2e
