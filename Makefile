@@ -66,4 +66,4 @@ demo-real: $(VENV)/.installed-real
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 e2e: $(VENV)/.installed-real
 	@$(PY) -c "import llama_cpp.server" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir "llama-cpp-python[server]"
-	$(PY) -m bench.e2e
+	$(PY) -m bench.e2e $(E2E_ARGS)

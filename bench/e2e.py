@@ -1,6 +1,6 @@
 """End to end against a real local LLM server: explain and score real latents of a real model.
 
-    python -m bench.e2e [--latents 20] [--port 8377] [--base-url URL --model M]   (make e2e)
+    python -m bench.e2e [--latents 24] [--port 8377] [--base-url URL --model M]   (make e2e [E2E_ARGS=...])
 
 Subject: SmolLM2-135M-Instruct with the shipped SAE (`engine.demo_real`'s run, harvested
 first if missing). Explainer and judge: the same GGUF served by `llama_cpp.server` on
@@ -33,13 +33,23 @@ from pathlib import Path
 from engine.core.rundir import RunDir, primary
 
 SCORERS = ("detection", "fuzz", "simulation")
+MODEL, LOGPROBS_SUFFIX = "smollm2", "-logprobs"
 
 
 def start_server(gguf: Path, port: int, log: Path, threads: int) -> subprocess.Popen:
-    """llama_cpp.server on 127.0.0.1 with logprobs enabled (logits_all), one request at a time."""
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--logits_all", "true",
-           "--n_threads", str(threads)]
+    """llama_cpp.server on 127.0.0.1, one request at a time, serving the GGUF under two names.
+
+    `smollm2` computes logits for the last token only; `smollm2-logprobs` keeps every position's
+    logits (`logits_all`, which llama-cpp-python needs for logprobs) and is used by simulation alone:
+    copying 49,152 logits per prompt token made every explain and judge prompt several times slower.
+    The server swaps the loaded model when the name changes (about a second for 135M)."""
+    common = {"model": str(gguf), "n_ctx": 8192, "n_threads": threads, "n_threads_batch": threads}
+    config = {"host": "127.0.0.1", "port": port,
+              "models": [{**common, "model_alias": MODEL, "logits_all": False},
+                         {**common, "model_alias": MODEL + LOGPROBS_SUFFIX, "logits_all": True}]}
+    path = log.with_name("server.json")
+    path.write_text(json.dumps(config, indent=1))
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -95,14 +105,18 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/e2e", help="Folder of the two scored copies and the server log.")
     p.add_argument("--source-run", default="runs/demo-real", help="Harvested run (engine.demo_real makes it).")
-    p.add_argument("--latents", type=int, default=20, help="Latents explained and scored.")
+    p.add_argument("--latents", type=int, default=24, help="Latents explained and scored.")
     p.add_argument("--base-url", default="", help="An OpenAI-compatible server to use instead of starting one.")
-    p.add_argument("--model", default="smollm2", help="Model name sent to the server.")
+    p.add_argument("--model", default=MODEL, help="Model name sent to the server.")
+    p.add_argument("--logprobs-model", default="",
+                   help="Model name for simulation (it asks for logprobs); --model when empty, "
+                        f"{MODEL + LOGPROBS_SUFFIX} for the server started here.")
     p.add_argument("--port", type=int, default=8377, help="Port of the llama_cpp.server started here.")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2)), help="Server threads.")
-    p.add_argument("--n-examples-test", type=int, default=10, help="Held-out activating examples per latent.")
+    p.add_argument("--n-examples-test", type=int, default=5, help="Held-out activating examples per latent "
+                   "(and as many non-activating ones).")
     p.add_argument("--max-examples", type=int, default=12, help="Examples shown to the explainer.")
-    p.add_argument("--n-simulated", type=int, default=2, help="Simulated activating windows per latent.")
+    p.add_argument("--n-simulated", type=int, default=1, help="Simulated activating windows per latent.")
     a = p.parse_args(argv)
     t_wall, t_cpu = time.time(), time.process_time()
     times: dict[str, float] = {}
@@ -132,19 +146,23 @@ def main(argv: list[str] | None = None) -> dict:
         from engine.interpret import run as interpret
         from engine.score import run as score
 
-        client = ["--provider", "openai-compatible", "--base-url", base_url, "--model", a.model,
-                  "--max-concurrent", "1", "--read-timeout-s", "900"]
+        def client(model: str) -> list[str]:
+            return ["--provider", "openai-compatible", "--base-url", base_url, "--model", model,
+                    "--max-concurrent", "1", "--read-timeout-s", "900"]
+
+        sim_model = a.logprobs_model or (a.model + LOGPROBS_SUFFIX if proc is not None else a.model)
         t = time.time()
         interpret.main([str(llm), "--latents", spec, "--max-examples", str(a.max_examples),
-                        "--n-examples-test", str(a.n_examples_test), *client])
+                        "--n-examples-test", str(a.n_examples_test), *client(a.model)])
         times["interpret"] = time.time() - t
         summaries = {}
         for name, run in (("search", search), ("llm", llm)):
             t = time.time()
-            summaries[name] = score.main([str(run), "--scorers", *SCORERS, "--latents", spec, "--logprobs", "5",
-                                          "--n-examples-test", str(a.n_examples_test),
-                                          "--n-non-activating", str(a.n_examples_test),
-                                          "--n-simulated", str(a.n_simulated), *client])
+            common = [str(run), "--latents", spec, "--n-examples-test", str(a.n_examples_test),
+                      "--n-non-activating", str(a.n_examples_test)]
+            summaries[name] = score.main([*common, "--scorers", *SCORERS[:2], *client(a.model)])
+            summaries[name].update(score.main([*common, "--scorers", "simulation", "--logprobs", "5",
+                                               "--n-simulated", str(a.n_simulated), *client(sim_model)]))
             times[f"score_{name}"] = time.time() - t
     finally:
         if proc is not None:

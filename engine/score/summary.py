@@ -95,7 +95,9 @@ def summarize(run_dir, names: list[str], keep_idx: set[int] | None, n_boot: int 
         if "_group" in s:
             s["mean_group_accuracy"] = float(np.mean(s.pop("_group")))
         out[name] = s
-    write_atomic(run.summary(shard), json.dumps(out, indent=2) + "\n")  # whole file or nothing, beside other shards
+    path = run.summary(shard)  # scorers summarised by earlier commands keep their entries (a later
+    kept = json.loads(path.read_text()) if path.exists() else {}  # `--scorers simulation` adds, never erases)
+    write_atomic(path, json.dumps({**kept, **out}, indent=2) + "\n")  # whole file or nothing, beside other shards
     return out
 
 

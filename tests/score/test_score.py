@@ -74,6 +74,17 @@ def test_perfect_judge_scores_one(labelled):
     assert saved["detection"]["pooled"]["balanced_accuracy"] == 1.0
 
 
+def test_summary_json_keeps_scorers_summarised_by_earlier_commands(labelled):
+    run = labelled
+    first, _ = score(run, Judge(run.vocab), ["detection"])
+    second, _ = score(run, Judge(run.vocab, "inverted"), ["fuzz"])
+    assert set(second) == {"fuzz"}
+    saved = json.loads((run.dir / "scores" / "summary.json").read_text())
+    assert set(saved) == {"detection", "fuzz"}
+    assert saved["detection"] == json.loads(json.dumps(first["detection"]))  # as the first command wrote it
+    assert saved["fuzz"]["pooled"]["balanced_accuracy"] == 0.0
+
+
 def test_random_judge_is_near_half_and_inverted_is_zero(labelled, tmp_path):
     run = labelled
     summary, _ = score(run, Judge(run.vocab, "random", seed=3), ["detection", "fuzz", "intruder"])
