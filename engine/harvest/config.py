@@ -98,7 +98,7 @@ class HarvestArgs:
     latent_parallel: bool = False
     "Under torchrun: every rank reads every batch and keeps latents [r L/N, (r+1) L/N) (state memory / N, forward x N)."
     firings_per_token: int = FIRINGS_PER_TOKEN
-    "Non-TopK dictionaries: firings kept per token (the strongest); any excess is counted and reported at the end."
+    "Non-TopK dictionaries: firings kept in each token's row (the strongest; co-occurrence pairs come from these). The rest go to a batch-wide spill of N*P/4 slots; only what the spill cannot hold is dropped, counted and reported."
     pair_budget_mb: int = 1024
     "Above this size the token and co-occurrence tables switch from dense to bounded sketches."
     cooc_sample_rate: float = 0.0

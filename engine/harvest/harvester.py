@@ -45,7 +45,7 @@ class Harvester:
             if x.shape[-1] != d.d_in:
                 raise UserError(f"hookpoint {name} has width {x.shape[-1]} but dictionary {d.path} expects d_in={d.d_in} -- pair each dictionary with the hookpoint it was trained on")
             f = d.encode(x.reshape(-1, x.shape[-1]).to(self.device))
-            parts.append(Firings(f.tok, torch.where(f.lat >= 0, f.lat + off, -1), f.val, f.per_token, f.overflow))
+            parts.append(f.with_offset(off))
         return concat(parts)
 
     def update(self, acts, tokens: Tensor, *, seq_ids: Tensor | None = None, valid: Tensor | None = None, logits: Tensor | None = None) -> None:

@@ -84,5 +84,6 @@ def finish_config(rc: RunConfig, a: HarvestArgs, dicts, latent_scores: dict[int,
 
 def report_overflow(a: HarvestArgs, overflow: int) -> None:
     if overflow:
-        print(f"harvest: {overflow:,} firings beyond --firings-per-token {a.firings_per_token} were not kept (their "
-              "latents' statistics miss them) -- rerun with a higher --firings-per-token", file=sys.stderr)
+        print(f"harvest: {overflow:,} firings past --firings-per-token {a.firings_per_token} did not fit the batch's "
+              "spill and were not kept (their latents' statistics miss them) -- rerun with a higher "
+              "--firings-per-token", file=sys.stderr)

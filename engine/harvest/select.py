@@ -73,7 +73,8 @@ def firing_counts(hooked, dictionary, tokenizer, dataset, where, n_tokens, conte
     if N == 0:
         raise UserError(f"dataset {dataset} {where or ''} gave no tokens -- check the path and filter")
     if int(over):
-        print(f"select: {int(over):,} firings beyond --firings-per-token {dictionary.firings_per_token} were not counted "
+        print(f"select: {int(over):,} firings past --firings-per-token {dictionary.firings_per_token} did not fit the "
+              "spill and were not counted "
               "-- rerun with a higher --firings-per-token", file=sys.stderr)
     return count.cpu(), act_sum.cpu(), N
 

@@ -208,7 +208,8 @@ class HarvestState:
             self.out_tok.add(row[:, None].expand(-1, T).reshape(-1), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
         if "cooc" in steps:
             tok_loc = (seq_ids[:, None] * S + torch.arange(S, device=seq_ids.device)).reshape(-1) + cfg.seq_offset * S
-            self._cooc(tok, torch.where(fire, firings.lat, -1), N, firings.per_token, firings.rows, tok_loc)
+            n = len(tok) - firings.spilled  # pairs come from the rows, never the spill (engine.harvest.firings)
+            self._cooc(tok[:n], torch.where(fire, firings.lat, -1)[:n], N, firings.per_token, firings.rows, tok_loc)
 
     def _counts(self, flat_tokens, flat_valid, row, val, next_mass) -> None:
         cfg = self.cfg

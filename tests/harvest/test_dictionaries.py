@@ -117,24 +117,61 @@ def test_bad_dictionary_gives_one_line_error(tmp_path, setup, match):
     assert "\n" not in str(e.value) and "--" in str(e.value)
 
 
-def test_firings_beyond_the_per_token_cap_are_counted_and_the_strongest_kept():
-    g = torch.Generator().manual_seed(3)
-    d_in, L = 16, 40
+def _relu(W, cap):
     from engine.harvest.dictionaries.base import Dictionary
 
-    d = Dictionary("random", "test:relu", None, torch.randn(d_in, L, generator=g), torch.zeros(L), None, None, "relu",
-                   0, None, d_in, L, firings_per_token=3)
-    x = torch.randn(64, d_in, generator=g)
-    dense = d.encode_dense(x)  # [64, 40], about half positive
+    d_in, L = W.shape
+    return Dictionary("random", "test:relu", None, W, torch.zeros(L), None, None, "relu", 0, None, d_in, L,
+                      firings_per_token=cap)
+
+
+def _brute_force_cap(dense: torch.Tensor, P: int):
+    """Loops: each token's P largest in its row; the rest, in (token, latent) order, into N * P // 4 spill
+    slots; -> ({(tok, lat): val} of the rows, the same of the spill, how many did not fit)."""
+    N, L = dense.shape
+    rows, spill, left = {}, {}, 0
+    for t in range(N):
+        ranked = sorted((lat for lat in range(L) if dense[t, lat] > 0), key=lambda lat: -float(dense[t, lat]))
+        for lat in ranked[:P]:
+            rows[t, lat] = float(dense[t, lat])
+    for t in range(N):
+        for lat in range(L):
+            if dense[t, lat] > 0 and (t, lat) not in rows:
+                if len(spill) < N * P // 4:
+                    spill[t, lat] = float(dense[t, lat])
+                else:
+                    left += 1
+    return rows, spill, left
+
+
+def _slots(f, lo, hi):
+    return {(int(t), int(lat)): float(v) for t, lat, v in zip(f.tok[lo:hi], f.lat[lo:hi], f.val[lo:hi]) if lat >= 0}
+
+
+@pytest.mark.parametrize("case", ["the spill is full", "two tokens fire far past the cap"])
+def test_firings_past_the_per_token_cap_spill_and_only_what_the_spill_cannot_hold_is_dropped(case):
+    g = torch.Generator().manual_seed(3)
+    L, N, P = 40, 64, 3
+    if case == "the spill is full":  # about half of 40 latents fire on every token: 17 a token past its 3
+        d, x = _relu(torch.randn(16, L, generator=g), P), torch.randn(N, 16, generator=g)
+    else:  # identity weights: 0-3 firings a token, but token 5 fires all 40 and token 40 fires 13: 37 + 10 spill
+        # into 64 * 3 // 4 = 48 slots
+        d = _relu(torch.eye(L), P)
+        x = torch.where(torch.rand(N, L, generator=g) < 0.05, torch.rand(N, L, generator=g) + 0.1, -1.0)
+        x = torch.where((x > 0).cumsum(1) > P, -1.0, x)  # at most P a token...
+        x[5], x[40] = torch.rand(L, generator=g) + 0.1, torch.rand(L, generator=g) + 0.1  # ...but these two
+        x[40, 13:] = -1.0
+    dense = d.encode_dense(x)
     f = d.encode(x)
-    assert f.per_token == 3 and len(f.lat) == 64 * 3
-    n = (dense > 0).sum(dim=1)
-    assert int(f.overflow) == int((n - 3).clamp(min=0).sum()) > 0
-    tok, lat, val = fired(f)
-    kept = torch.zeros_like(dense)
-    kept[tok, lat] = val
-    want = torch.where(dense >= dense.topk(3, dim=1).values[:, -1:], dense, 0.0).clamp(min=0)  # each token's 3 largest
-    torch.testing.assert_close(kept, want, rtol=0, atol=0)
+    rows, spill, left = _brute_force_cap(dense, P)
+    assert f.per_token == P and f.rows and f.spilled == N * P // 4 and len(f.lat) == N * P + N * P // 4
+    assert _slots(f, 0, N * P) == pytest.approx(rows) and len(rows) > 0
+    assert _slots(f, N * P, len(f.lat)) == pytest.approx(spill) and len(spill) > 0
+    assert int(f.overflow) == left
+    if case == "the spill is full":
+        assert left > 0
+    else:  # every firing kept
+        assert left == 0 and len(rows) + len(spill) == int((dense > 0).sum())
 
 
 def test_random_dictionary_keeps_shapes_norms_and_biases():

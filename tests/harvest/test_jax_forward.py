@@ -1,6 +1,7 @@
 """The JAX forward's hookpoint activations and logits match the HF torch model's (captured by the torch
 path's own hooks, engine.harvest.sources.HookedModel) for every supported family, on small random configs
-saved with save_pretrained; and the JAX encodes match Dictionary.encode_dense."""
+saved with save_pretrained; and the JAX encodes match Dictionary.encode_dense and Dictionary.encode (rows,
+spill and overflow)."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ pytest.importorskip("jax", reason="jax not installed: pip install -e '.[jax]' to
 import jax.numpy as jnp
 import transformers
 
-from engine.harvest.jax.encode import dict_params, dict_static, encode_dense, encode_rows
+from engine.harvest.firings import SPILL_SHARE, concat
+from engine.harvest.jax.encode import dict_params, dict_static, encode_all, encode_dense, encode_rows, offsets_of
 from engine.harvest.jax.forward import forward
 from engine.harvest.jax.weights import capture_point, load_params, meta_model, model_spec, rope_tables, sites
 from engine.harvest.sources import HookedModel
@@ -75,18 +77,58 @@ def _dictionary(activation, d=6, L=20, **kw):
                       4 if activation == "topk" else 0, None, d, L, **extra, **kw)
 
 
-@pytest.mark.parametrize("activation,kw", [("topk", {}), ("relu", {"input_norm": "layer_norm"}), ("jumprelu", {}),
-                                           ("gated", {"input_norm": "constant_norm_rescale", "input_scale": 0.7})])
-def test_encode_matches_torch_dictionary(activation, kw):
+def _jax_firings(idx, val, spill):
+    """JAX rows + spill -> (tok, lat) slots in the torch Firings layout (rows t * P + j, then the spill), lat -1 padding."""
+    idx, val = np.asarray(idx), np.asarray(val)
+    N, P = idx.shape
+    tok = np.concatenate([np.repeat(np.arange(N), P), np.asarray(spill[0])])
+    lat = np.concatenate([np.where(val > 0, idx, -1).reshape(-1), np.asarray(spill[1])])
+    return tok, lat, np.concatenate([np.where(val > 0, val, 0).reshape(-1), np.asarray(spill[2])])
+
+
+ENCODES = [("topk", {}), ("relu", {"input_norm": "layer_norm"}), ("jumprelu", {}),
+           ("gated", {"input_norm": "constant_norm_rescale", "input_scale": 0.7})]
+
+
+@pytest.mark.parametrize("per_token", [8, 2])  # 8: the spill holds every firing beyond the rows; 2: it overflows
+@pytest.mark.parametrize("activation,kw", ENCODES)
+def test_encode_matches_torch_dictionary(activation, kw, per_token):
     d = _dictionary(activation, **kw)
-    d.firings_per_token = 5
+    d.firings_per_token = per_token
     x = torch.randn(15, 6, generator=torch.Generator().manual_seed(3))
     ref = d.encode_dense(x)
     got = np.asarray(encode_dense(dict_params(d), jnp.asarray(x.numpy()), dict_static(d)))
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
-    idx, val, over = encode_rows(dict_params(d), jnp.asarray(x.numpy()), dict_static(d))
-    f = d.encode(x)  # the torch firings: same (token, latent) set, same overflow
-    mine = {(t, int(i)) for t, row in enumerate(np.asarray(idx)) for i, v in zip(row, np.asarray(val)[t]) if v > 0}
-    theirs = {(int(t), int(lat)) for t, lat in zip(f.tok, f.lat) if lat >= 0}
+    idx, val, over, spill = encode_rows(dict_params(d), jnp.asarray(x.numpy()), dict_static(d))
+    f = d.encode(x)  # the torch firings, rows and spill: the same slots, the same overflow
+    assert len(spill[0]) == f.spilled == (0 if activation == "topk" else 15 * per_token // SPILL_SHARE)
+    tok, lat, v = _jax_firings(idx, val, spill)
+    ft, fl = f.tok.numpy(), f.lat.numpy()
+    assert np.array_equal(lat, fl) and np.array_equal(tok[lat >= 0], ft[fl >= 0])
+    np.testing.assert_allclose(v[lat >= 0], f.val.numpy()[fl >= 0], rtol=1e-5, atol=1e-5)
+    mine = {(int(t), int(i)) for t, i in zip(tok, lat) if i >= 0}
+    theirs = {(int(t), int(i)) for t, i in zip(ft, fl) if i >= 0}
     assert mine == theirs and len(mine) > 0
-    assert int(over) == (int(f.overflow) if f.overflow is not None else 0)
+    over_t = int(f.overflow) if f.overflow is not None else 0
+    assert int(over) == over_t
+    if activation != "topk":  # nothing lost but what the spill could not hold
+        assert len(mine) + over_t == int((ref > 0).sum())
+        assert (over_t > 0) == (per_token == 2) and (np.asarray(spill[1]) >= 0).any()
+
+
+def test_encode_all_matches_torch_concat():
+    """Two dictionaries: rows side by side, then each one's spill with its global latent ids (firings.concat)."""
+    ds = [_dictionary("relu", input_norm="layer_norm"), _dictionary("jumprelu")]
+    for d, pt in zip(ds, (5, 3)):
+        d.firings_per_token = pt
+    x = torch.randn(15, 6, generator=torch.Generator().manual_seed(4))
+    offs = offsets_of(ds)
+    idx, val, over, spill = encode_all([dict_params(d) for d in ds], [jnp.asarray(x.numpy())] * 2,
+                                       tuple(dict_static(d) for d in ds), offs)
+    f = concat([d.encode(x).with_offset(o) for d, o in zip(ds, offs)])
+    tok, lat, v = _jax_firings(idx, val, spill)
+    fl = f.lat.numpy()
+    assert np.array_equal(lat, fl) and np.array_equal(tok[lat >= 0], f.tok.numpy()[fl >= 0])
+    np.testing.assert_allclose(v[lat >= 0], f.val.numpy()[fl >= 0], rtol=1e-5, atol=1e-5)
+    assert len(spill[0]) == f.spilled > 0 and (fl[-f.spilled:] >= 20).any()  # the second's spill: offset ids
+    assert int(over) == int(f.overflow) > 0

@@ -1,5 +1,6 @@
 """The JAX state equals the torch HarvestState on the same firings: every tensor, dense and sketch tables,
-with and without output-token statistics (CPU JAX)."""
+with and without output-token statistics (CPU JAX); and, on a ReLU dictionary whose tokens fire past the
+per-token cap, the JAX encode + update equals the torch `Dictionary.encode` + update (rows and spill)."""
 
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ pytest.importorskip("jax", reason="jax not installed: pip install -e '.[jax]' to
 
 import jax.numpy as jnp
 
+from engine.harvest.dictionaries import Dictionary
 from engine.harvest.firings import from_rows
 from engine.harvest.jax.convert import from_torch, merged, to_torch
+from engine.harvest.jax.encode import dict_params, dict_static, encode_rows
 from engine.harvest.jax.state import init_state, next_token_stats, update_jit
 from engine.harvest.state import HarvestState, StateConfig
 
@@ -43,7 +46,25 @@ def assert_states_equal(j: HarvestState, t: HarvestState):
             assert len(bad) == 0, f"{name}: {len(bad)} entries differ, first at {bad[:3].tolist()}: {got[tuple(bad[0])]} vs {ref[tuple(bad[0])]}"
 
 
-def _harvest_both(cfg: StateConfig, seed=0, first_seq=0):
+def _relu(per_token: int, d=6) -> Dictionary:
+    """A ReLU dictionary on L latents, weights and inputs on a 2^-10 grid: x @ W + b is exact in float32
+    on either backend, so the JAX and torch encodes fire bit-identical values (and rank them alike)."""
+    g = torch.Generator().manual_seed(5)
+    W = torch.randint(-1024, 1025, (d, L), generator=g).float() / 1024
+    b = torch.randint(0, 2049, (L,), generator=g).float() / 1024  # biased up: most latents fire
+    dic = Dictionary("mem", "test:relu", None, W, b, None, None, "relu", 0, None, d, L)
+    dic.firings_per_token = per_token
+    return dic
+
+
+def _encode_both(dic: Dictionary, seed: int):
+    """Torch Dictionary.encode firings and the JAX encode's (idx, val, overflow, spill) of one batch's inputs."""
+    x = torch.randint(-8, 9, (B * S, dic.d_in), generator=torch.Generator().manual_seed(seed)).float()
+    return dic.encode(x), encode_rows(dict_params(dic), jnp.asarray(x.numpy()), dict_static(dic))
+
+
+def _harvest_both(cfg: StateConfig, seed=0, first_seq=0, dic: Dictionary | None = None):
+    """Both states over three batches: the test rows of _batches, or (dic) each backend's encode of the inputs."""
     ts, js = HarvestState(cfg), init_state(cfg)
     for b, (tokens, idx, val, valid, logits) in enumerate(_batches(seed)):
         seq = torch.arange(first_seq + b * B, first_seq + (b + 1) * B)
@@ -54,7 +75,10 @@ def _harvest_both(cfg: StateConfig, seed=0, first_seq=0):
             next_mass = torch.zeros(V, dtype=torch.float64).index_add_(
                 0, top_id.reshape(-1), (top_p * valid.reshape(-1, 1)).reshape(-1).double())
             next_top = (top_id, top_p)
-        ts.update(tokens, from_rows(idx, val), seq_ids=seq, valid=valid, next_top=next_top, next_mass=next_mass)
+        f, enc = from_rows(idx, val), (jnp.asarray(idx.numpy()), jnp.asarray(val.numpy()), jnp.zeros((), jnp.int64), None)
+        if dic is not None:
+            f, enc = _encode_both(dic, 100 * seed + b)
+        ts.update(tokens, f, seq_ids=seq, valid=valid, next_top=next_top, next_mass=next_mass)
         jtop = jmass = None
         if cfg.output_stats:  # the torch probabilities: the state must fold them in identically
             jtop = (jnp.asarray(top_id.numpy()), jnp.asarray(top_p.numpy()))
@@ -63,8 +87,9 @@ def _harvest_both(cfg: StateConfig, seed=0, first_seq=0):
             assert np.array_equal(np.asarray(j_id), top_id.numpy())  # JAX's softmax is within float32 rounding:
             np.testing.assert_allclose(np.asarray(j_p), top_p.numpy(), rtol=1e-6)   # a few ulps (2^-23 = 1.2e-7)
             np.testing.assert_allclose(np.asarray(j_mass), next_mass.numpy(), rtol=1e-6)
-        js = update_jit(js, jnp.asarray(tokens.numpy()), jnp.asarray(idx.numpy()), jnp.asarray(val.numpy()),
-                        jnp.zeros((), jnp.int64), jnp.asarray(seq.numpy()), jnp.asarray(valid.numpy()), jtop, jmass, cfg)
+        j_idx, j_val, j_over, j_spill = enc
+        js = update_jit(js, jnp.asarray(tokens.numpy()), j_idx, j_val, j_over, jnp.asarray(seq.numpy()),
+                        jnp.asarray(valid.numpy()), jtop, jmass, cfg, spill=j_spill)
     return to_torch(js, cfg), ts
 
 
@@ -87,6 +112,23 @@ def test_jax_state_equals_torch_state(mode):
     assert int(ts.count.sum()) > 0 and (ts.top_loc[:, -1] >= 0).any()  # the buffers filled: the merge is exercised
     if "sketch" in mode:
         assert (ts.in_tok.err > 0).any() and (ts.cooc.err > 0).any()  # rows overflowed their slots
+    assert_states_equal(js, ts)
+
+
+@pytest.mark.parametrize("per_token", [3, 6])  # 3: the spill overflows; 6: it holds everything beyond the rows
+@pytest.mark.parametrize("mode", ["dense+out", "sketch+rules"])
+def test_jax_encode_and_state_equal_torch_with_spill(mode, per_token):
+    """A ReLU dictionary that fires past its per-token cap: the spilled firings feed every per-latent statistic
+    (counts, histogram, top-K under the one-per-chunk rule, reservoir, token tables) alike on both backends,
+    and co-occurrence takes the rows only."""
+    cfg = StateConfig(n_latents=L, vocab_size=V, seq_len=S, top_k=4, n_random=3, window=2, output_top=T, **CONFIGS[mode])
+    dic = _relu(per_token)
+    f, (_, _, over, spill) = _encode_both(dic, 0)
+    used = f.lat[-f.spilled:] >= 0
+    assert f.spilled == len(spill[0]) == B * S * per_token // 4 and used.any()  # the spill matters
+    assert (int(f.overflow) > 0) == (per_token == 3) == bool(used.all()) and int(over) == int(f.overflow)
+    js, ts = _harvest_both(cfg, dic=dic)
+    assert int(ts.overflow) == int(js.overflow) and int(ts.count.sum()) > 0
     assert_states_equal(js, ts)
 
 

@@ -50,7 +50,7 @@ def _relu_dictionary(like):
                       None, d_in, L)
 
 
-@pytest.mark.parametrize("which", ["embedded TopK SAE", "ReLU, many firings per token"])
+@pytest.mark.parametrize("which", ["embedded TopK SAE", "ReLU, many firings per token", "ReLU, past the cap: spill"])
 def test_kernels_on_equals_off(monkeypatch, which):
     import importlib
 
@@ -59,6 +59,9 @@ def test_kernels_on_equals_off(monkeypatch, which):
     relu = which.startswith("ReLU")
     if relu:
         d = _relu_dictionary(d)
+    spill = which.endswith("spill")
+    if spill:  # 40 of ~48 firings per token in the rows; the rest spill (N * 40 / 4 slots) and are all kept
+        d.firings_per_token = 40
     data = [ids for _, ids in batches(pack(iter_texts(DEFAULT_DATASET), tok, 16), 1, 2)]
     calls: set[str] = set()
 
@@ -79,6 +82,8 @@ def test_kernels_on_equals_off(monkeypatch, which):
     if relu:
         assert int(off.count.sum()) > 20 * int(off.n_tokens)  # many firings per token, as meant
     assert int(on.overflow) == int(off.overflow) == 0
+    if spill:  # more than the rows hold: the spill carried the rest into every per-latent statistic
+        assert int(off.count.sum()) > 40 * int(off.n_tokens)
     for name, t in off.tensors().items():
         u = on.tensors()[name]
         if t.is_floating_point():

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.harvest.firings import Firings, mix64, reservoir_keys
+from engine.harvest.firings import Firings, mix64, reservoir_keys, strongest
 from engine.harvest.state import HarvestState, StateConfig
 
 
@@ -137,6 +137,29 @@ def test_single_pass_matches_brute_force(mode, scatter_cost, top_chunk, monkeypa
     feed(state, tokens, acts, valid, list(range(n_seq)))
     assert state.in_tok.mode == mode and state.cooc.mode == mode
     check(state, brute(cfg, tokens, acts, valid), cfg)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sketch"])
+def test_spilled_firings_enter_every_per_latent_statistic_and_no_pair(mode):
+    """A per-token cap of 3 of 7 latents: the firings past it travel in the spill, so every statistic but
+    co-occurrence equals the brute force over all firings; co-occurrence counts the pairs of the rows."""
+    tokens, acts, valid = make_data(density=0.3, seed=5)
+    n_seq, S, L = acts.shape
+    cfg = StateConfig(n_latents=L, vocab_size=11, seq_len=S, top_k=5, n_random=4, window=2, output_stats=False,
+                      pair_budget_bytes=0 if mode == "sketch" else 1 << 30, token_slots=16, cooc_slots=16)
+    state = HarvestState(cfg)
+    spilled = 0
+    for i in range(0, n_seq, 4):
+        f = strongest(acts[i:i + 4].reshape(-1, L), per_token=3)
+        spilled += int((f.lat[len(f.lat) - f.spilled:] >= 0).sum())
+        state.update(tokens[i:i + 4], f, seq_ids=torch.arange(i, i + 4), valid=valid[i:i + 4])
+    assert spilled > 0 and int(state.overflow) == 0  # some tokens passed the cap, the spill held them all
+    ref = brute(cfg, tokens, acts, valid)
+    top3 = acts.topk(3, dim=2).values[..., -1:]
+    rows = ((acts >= top3) & (acts > 0)).reshape(-1, L).numpy() & valid.reshape(-1, 1).numpy()
+    assert (ref["cooc"] != rows.T.astype(np.int64) @ rows).any()  # the cap changes pairs: the test can fail
+    ref["cooc"] = rows.T.astype(np.int64) @ rows
+    check(state, ref, cfg)
 
 
 @settings(max_examples=25, deadline=None)

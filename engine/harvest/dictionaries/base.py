@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from engine.core.errors import UserError
-from engine.harvest.firings import FIRINGS_PER_TOKEN, Firings, from_rows, rows_of_sorted, strongest
+from engine.harvest.firings import FIRINGS_PER_TOKEN, Firings, from_rows, rows_of_sorted, spill_slots, strongest
 
 ACTIVATIONS = ("relu", "jumprelu", "topk", "gated", "identity", "spd_ci")
 
@@ -178,11 +178,13 @@ class Dictionary:
         xp = self.prepare(x).contiguous()  # input transform and b_dec subtraction, as the reference
         N = len(xp)
         P = min(self.k, self.n_latents) if self.activation == "topk" else min(self.firings_per_token, self.n_latents)
+        spill = 0 if self.activation == "topk" else spill_slots(N, P, self.n_latents)  # TopK never exceeds k
+        C = N * P + spill  # rows + spill
         f = encode_pack(xp, self.W_enc.float().contiguous(), self.b_enc.float().contiguous(), threshold=self.threshold,
-                        activation=self.activation, k=self.k, capacity=N * P)
-        dropped = (f.count - N * P).clamp(min=0)  # on device: the kernel's excess past its N * P slots
+                        activation=self.activation, k=self.k, capacity=C)
+        dropped = (f.count - C).clamp(min=0)  # on device: the kernel's excess past its C slots
         f = sort_firings(f)
-        return rows_of_sorted(f.tok, f.lat, f.val, N, P, dropped)
+        return rows_of_sorted(f.tok, f.lat, f.val, N, P, spill, dropped)
 
     def _encode_all(self, x: Tensor) -> Tensor:
         x = self.prepare(x)

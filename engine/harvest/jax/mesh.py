@@ -2,12 +2,15 @@
 
 The batch is sharded over the mesh axis "data" (B / n_devices sequences per device); parameters
 are replicated; every device keeps its own state (the state arrays carry a leading device axis,
-sharded the same way), updated inside `shard_map` with no communication in the loop. At the end
-(and at checkpoints) the per-device states come to the host and are folded by the torch state's
-exact merge (`HarvestState.merge`, via engine.harvest.jax.convert.merged): sums add, top-K and
-reservoir samples merge by (score, location), so the result equals a one-device run (sketch tables
-keep their Misra-Gries guarantee, as torchrun ranks do). On a TPU host or slice the mesh holds
-every chip; on CPU `XLA_FLAGS=--xla_force_host_platform_device_count=N` makes N devices.
+sharded the same way), updated inside `shard_map` with no communication in the loop. Each device
+encodes its own b S tokens, so its rows and its spill (spill_slots(b S, P, L) slots, see
+engine.harvest.jax.encode) are local, as each torchrun rank's are. At the end (and at checkpoints)
+the per-device states come to the host and are folded by the torch state's exact merge
+(`HarvestState.merge`, via engine.harvest.jax.convert.merged): sums add, top-K and reservoir
+samples merge by (score, location), so the result equals a one-device run (unless a device's spill
+overflows: `overflow` then counts what it dropped; sketch tables keep their Misra-Gries guarantee,
+as torchrun ranks do). On a TPU host or slice the mesh holds every chip; on CPU
+`XLA_FLAGS=--xla_force_host_platform_device_count=N` makes N devices.
 """
 
 from __future__ import annotations
@@ -46,11 +49,11 @@ def _local_step(params, inv_freq, dps, state, ids, seq_ids, valid, *, spec, rope
     b, S = ids.shape
     acts, logits = forward(params, (inv_freq, rope_scale), ids, spec, points, need_logits)
     xs = [acts[pt].reshape(b * S, -1) for pt in sites]
-    idx, val, over = encode_all(dps, xs, statics, offsets)
+    idx, val, over, spill = encode_all(dps, xs, statics, offsets)  # this shard's rows and spill
     top = mass = None
     if need_logits:
         top, mass = next_token_stats(logits.reshape(b * S, -1), valid, cfg.output_top, cfg.vocab_size)
-    state = update(state, ids, idx, val, over, seq_ids, valid, top, mass, cfg)
+    state = update(state, ids, idx, val, over, seq_ids, valid, top, mass, cfg, spill=spill)
     return jax.tree.map(lambda x: x[None], state)
 
 

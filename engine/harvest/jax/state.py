@@ -6,11 +6,15 @@ to the torch state (engine.harvest.jax.convert) is a copy, and the torch checkpo
 merge and results writer serve both backends.
 
 `update` folds one batch of firings in per-token rows (idx, val [N, P]: token t's P slots,
-val <= 0 padding; the layout every JAX encode emits) with the torch state's algorithm:
+val <= 0 padding; the layout every JAX encode emits) plus the batch's spill (the firings beyond
+their token's P, engine.harvest.jax.encode) with the torch state's algorithm. The spill's slots
+follow the N P row slots and feed every per-latent statistic (counts, sums, maxima, histogram,
+top-K, reservoir, token tables); co-occurrence is built from the row slots alone, as
+HarvestState.update does with Firings.spilled. The algorithm:
 segment sums with `.at[].add/max`, per-latent best-K by stable sorts (score, then location),
 the same splitmix64 reservoir keys, windows by binary search in the batch's sorted
 (token, latent) keys, token tables and co-firing through engine.harvest.jax.pairs (dense or
-Misra-Gries sketch, chosen by the same budget rule). Shapes depend only on (B, S, P, L, V), so
+Misra-Gries sketch, chosen by the same budget rule). Shapes depend only on (B, S, P, C_s, L, V), so
 the update traces once and never synchronises with the host.
 
 Needs 64-bit types (int64 locations and keys, float64 sums): importing this package turns on
@@ -140,26 +144,34 @@ def _merge(buf_val, buf_loc, buf_win, buf_extra, lat, score, loc, extra, win_fn,
     return new_val, new_loc, new_win, new_extra
 
 
-def update(state: dict, tokens, idx, val, overflow, seq_ids, valid, next_top, next_mass, cfg: StateConfig) -> dict:
+def update(state: dict, tokens, idx, val, overflow, seq_ids, valid, next_top, next_mass, cfg: StateConfig,
+           spill=None) -> dict:
     """Fold one batch in (trace inside jit; `update_jit` is the jitted form).
 
     tokens    [B, S] int   token ids
     idx, val  [N, P]       firings per token (N = B S): global latent ids and activations, val <= 0 padding
-    overflow  []  int64    firings the per-token cap dropped
+    overflow  []  int64    firings dropped (past the rows and the spill)
     seq_ids   [B] int64    rows of the token store
     valid     [B, S] bool  positions that count
     next_top  ([N, T] int ids, [N, T] float probs) or None: top next-token predictions (output stats)
     next_mass [V] float64 or None: next-token mass summed over valid positions
+    spill     (tok [C_s] int flat position b S + s, lat [C_s] int global id or -1, val [C_s] float) or None:
+              the firings beyond their token's P; every statistic but co-occurrence takes them
     """
     _B, S = tokens.shape
     N, P = idx.shape
     L, nb = cfg.n_latents, cfg.n_bins
     flat_tokens = tokens.reshape(-1).astype(jnp.int64)
     flat_valid = valid.reshape(-1)
-    tok = jnp.broadcast_to(jnp.arange(N)[:, None], (N, P)).reshape(-1)  # [C = N P]
+    tok = jnp.broadcast_to(jnp.arange(N)[:, None], (N, P)).reshape(-1)  # [N P] row slots, then the spill's
     lat = idx.reshape(-1).astype(jnp.int64)
     v = val.reshape(-1).astype(jnp.float32)
-    ok = (v > 0) & flat_valid[tok]
+    if spill is not None:
+        s_tok, s_lat, s_val = spill
+        tok = jnp.concatenate([tok, jnp.clip(s_tok.astype(jnp.int64), 0, max(N - 1, 0))])
+        lat = jnp.concatenate([lat, s_lat.astype(jnp.int64)])
+        v = jnp.concatenate([v, s_val.astype(jnp.float32)])
+    ok = (v > 0) & (lat >= 0) & flat_valid[tok]
     row = jnp.where(ok, lat, -1)
     v = jnp.where(ok, v, 0.0)
     at, one = jnp.maximum(row, 0), ok.astype(jnp.int64)
@@ -177,7 +189,7 @@ def update(state: dict, tokens, idx, val, overflow, seq_ids, valid, next_top, ne
     bins = jnp.clip(jnp.searchsorted(edges, v.astype(jnp.float64), side="right") - 1, 0, nb - 1)
     st["hist"] = state["hist"].reshape(-1).at[at * nb + bins].add(one).reshape(L, nb)
     # top-K and reservoir, with windows from the batch's sorted (token, latent) keys
-    loc = seq_ids.astype(jnp.int64)[tok // S] * S + tok % S  # [C] global location
+    loc = seq_ids.astype(jnp.int64)[tok // S] * S + tok % S  # [C = N P + C_s] global location
     keys = jnp.where(ok, tok * L + at, I64_MAX)
     order = jnp.argsort(keys, stable=True)
     keys_sorted, vals_sorted = keys[order], v[order]
@@ -209,13 +221,15 @@ def update(state: dict, tokens, idx, val, overflow, seq_ids, valid, next_top, ne
         rows_t = jnp.broadcast_to(row[:, None], (row.shape[0], T)).reshape(-1)
         _put(st, "out_tok", pairs.add(table(state, "out_tok"), rows_t, ids[tok].reshape(-1).astype(jnp.int64),
                                       probs[tok].reshape(-1).astype(jnp.float64), cfg.vocab_size))
-    # co-firing: dense F^T F of the binary firing matrix, or every same-token pair into the sketch
+    # co-firing from the row slots only (never the spill): dense F^T F of the binary firing matrix, or
+    # every same-token pair into the sketch
     cooc = table(state, "cooc")
+    n = N * P
     if "table" in cooc:
-        F = jnp.zeros((N, L), jnp.float32).at[tok, at].max(ok.astype(jnp.float32))  # [N, L] (exact below 2^24)
+        F = jnp.zeros((N, L), jnp.float32).at[tok[:n], at[:n]].max(ok[:n].astype(jnp.float32))  # [N, L] (exact < 2^24)
         _put(st, "cooc", {"table": cooc["table"] + (F.T @ F).astype(jnp.int64)})
     else:
-        lr = row.reshape(N, P)
+        lr = row[:n].reshape(N, P)
         if cfg.cooc_rate < 1:  # the positions of the uniform sample (engine.harvest.subsample), by location
             tok_loc = (seq_ids.astype(jnp.int64)[:, None] * S + jnp.arange(S)).reshape(-1) + cfg.seq_offset * S
             pkey = reservoir_keys(tok_loc, jnp.zeros_like(tok_loc), 1, cfg.seed + SALT)
