@@ -107,7 +107,7 @@ def test_top_examples_and_windows(harvested, brute):
 
 
 def test_token_and_cooccurrence_stats(harvested, brute):
-    A, tokens, rc = brute["A"], brute["tokens"], brute["rc"]
+    A, tokens = brute["A"], brute["tokens"]
     comps = read_components(harvested)
     fires = (A > 0).reshape(-1, A.shape[-1]).float()
     N = float(brute["valid"].sum())

@@ -5,7 +5,6 @@ with plain loops/numpy; the state sees the same data in batches (and in
 shards that are merged), and must agree exactly on counts and samples.
 """
 
-import math
 
 import numpy as np
 import pytest
