@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 
 class TokenBytes(msgspec.Struct):
@@ -31,7 +32,8 @@ class TokenText:
     def __init__(self, token_bytes: list[bytes]):
         self.bytes = token_bytes
         self._readable = [readable(b) for b in token_bytes]
-        self._ascii = [b.isascii() for b in token_bytes]
+        self._whole = [_valid(b) for b in token_bytes]  # decodes alone: no character spans into a neighbour
+        self._whole_np = np.array(self._whole + [False], dtype=bool)  # the extra entry: ids out of range
 
     def __len__(self) -> int:
         return len(self.bytes)
@@ -42,10 +44,18 @@ class TokenText:
     def readable(self, i: int) -> str:
         return self._readable[i] if 0 <= i < len(self._readable) else f"<{i}>"
 
-    def pieces(self, ids: list[int]) -> list[str]:
-        """One string per token; their concatenation is the window's bytes decoded as UTF-8."""
+    def whole_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each token id (any shape) is whole characters on its own (valid UTF-8, in range)."""
         n = len(self.bytes)
-        if all(0 <= i < n and self._ascii[i] for i in ids):  # the common case: nothing spans tokens
+        return self._whole_np[np.where((ids >= 0) & (ids < n), ids, n)]
+
+    def pieces(self, ids: list[int], whole: bool | None = None) -> list[str]:
+        """One string per token; their concatenation is the window's bytes decoded as UTF-8.
+        whole: whether every id is whole characters on its own (`whole_ids`), when the caller knows."""
+        n = len(self.bytes)
+        if whole is None:
+            whole = all(0 <= i < n and self._whole[i] for i in ids)
+        if whole:  # the common case: the window's decode is the tokens' decodes side by side
             return [self._readable[i] for i in ids]
         raw = [self._raw(i) for i in ids]
         owner = [j for j, b in enumerate(raw) for _ in range(len(b))]  # byte -> token
@@ -105,3 +115,11 @@ def readable(b: bytes) -> str:
             out.append(f"<0x{b[pos]:02X}>")
             pos += 1
     return "".join(out)
+
+
+def _valid(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

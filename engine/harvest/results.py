@@ -40,11 +40,14 @@ from engine.core.schemas import (
 )
 from engine.core.token_text import TokenText
 from engine.harvest.neighbours import write_directions
+from engine.harvest.pair_lists import row_lists, sig
 from engine.harvest.state import HarvestState, StateConfig
 from engine.harvest.token_bytes import token_bytes
 
 TOP_N = 10
+"Entries of each ranked list."
 MIN_COUNT = 2
+"Smallest joint count a list entry may have."
 
 
 def run_config(a, model, dicts, sites, cfg: StateConfig, n_seq: int, n_tokens: int, version: str) -> RunConfig:
@@ -73,39 +76,6 @@ def token_strings(tokenizer, vocab: int) -> list[str]:
     """Each token alone, readably (bytes that are no character as <0xNN>)."""
     tt = token_text(tokenizer, vocab)
     return [tt.readable(i) for i in range(vocab)]
-
-
-def _ranked(names, index: Tensor, value: Tensor, count: Tensor, n: int, descending=True) -> list[Scored]:
-    if len(value) == 0:
-        return []
-    o = torch.argsort(value, descending=descending, stable=True)[:n]
-    # one .tolist() per column: reading tensor elements one by one costs ~1 us each, 140k times for 1k latents
-    return [Scored(names(i), i, _sig(v), _sig(c)) for i, v, c in zip(index[o].tolist(), value[o].tolist(), count[o].tolist())]
-
-
-def _sig(x) -> float:
-    """6 significant digits: compact JSON, relative error < 1e-6."""
-    return float(f"{float(x):.6g}")
-
-
-def pair_stats(cols: Tensor, joint: Tensor, n_i: float, marg: Tensor, N: float, names, jaccard=False, rate=1.0):
-    """Precision/recall/PMI(/Jaccard) lists for one row of a pair table (integer or float counts; float64 math).
-    rate < 1: the counts are of a position sample (engine.harvest.subsample), scaled here by 1 / rate."""
-    joint = joint.double()
-    keep = (joint >= MIN_COUNT) & (marg[cols] > 0)
-    cols, joint = cols[keep], joint[keep] / rate
-    m = marg[cols].double()
-    prec = joint / n_i if jaccard else joint / m
-    rec = joint / m if jaccard else joint / n_i
-    pmi = torch.log(joint * N / (n_i * m))
-    out = dict(
-        precision=_ranked(names, cols, prec, joint, TOP_N),
-        recall=_ranked(names, cols, rec, joint, TOP_N),
-        pmi=_ranked(names, cols, pmi, joint, TOP_N),
-    )
-    if jaccard:
-        out["jaccard"] = _ranked(names, cols, joint / (n_i + m - joint), joint, TOP_N)
-    return out
 
 
 STATS = ("count", "act_sum", "act_max", "hist", "tok_total")
@@ -150,29 +120,32 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, s
     count = all_counts.cpu()
     cooc_rows = state.cooc
     enc = msgspec.json.Encoder()
+    fired = torch.nonzero(s["count"] > 0).squeeze(1).tolist()  # this state's rows that fired
+    lats = torch.tensor(fired, dtype=torch.int64) + lo  # their global latent ids
+    n_fired = count[lats].double()
+    rate = cfg.cooc_rate if cooc_rows.mode == "sketch" else 1.0
+    sizes = {"top_n": TOP_N, "min_count": MIN_COUNT}
+    ins = row_lists(state.in_tok, fired, n_fired, s["tok_total"].double(), N, vocab_str.__getitem__, **sizes)
+    outs = (row_lists(state.out_tok, fired, n_fired, s["out_total"], N, vocab_str.__getitem__, **sizes)
+            if state.out_tok is not None and len(s["out_total"]) else None)
+    cos = row_lists(cooc_rows, fired, n_fired, count.double(), N, keys.__getitem__, jaccard=True, rate=rate,
+                    exclude=lats, **sizes)
     with replacing(path) as tmp, open(tmp, "wb") as f:
-        for row in tqdm(torch.nonzero(s["count"] > 0).squeeze(1).tolist(), desc="results", unit="latent", disable=not progress):
+        for row in tqdm(fired, desc="results", unit="latent", disable=not progress):
             lat = lo + row  # global latent index; `row` indexes this state's tensors
             n_i = float(count[lat])
             hp = next(h for h in rc.hookpoints if h.offset <= lat < h.offset + h.n_latents)
-            cols, w = state.in_tok.row_entries(row)
-            ins = pair_stats(cols.cpu(), w.cpu(), n_i, s["tok_total"].double(), N, vocab_str.__getitem__)
-            in_stats = TokenStats(top_precision=ins["precision"], top_recall=ins["recall"], top_pmi=ins["pmi"],
+            i_l = next(ins)
+            in_stats = TokenStats(top_precision=i_l["precision"], top_recall=i_l["recall"], top_pmi=i_l["pmi"],
                                   exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(row),
                                   measure="input token")
             out_stats = None
-            if state.out_tok is not None and len(s["out_total"]):
-                cols, w = state.out_tok.row_entries(row)
-                o = pair_stats(cols.cpu(), w.cpu(), n_i, s["out_total"], N, vocab_str.__getitem__)
+            if outs is not None:
+                o = next(outs)
                 out_stats = TokenStats(top_precision=o["precision"], top_recall=o["recall"], top_pmi=o["pmi"],
                                        exact=state.out_tok.mode == "dense", error_bound=state.out_tok.error_bound(row),
                                        measure=f"top-{cfg.output_top} next-token mass")
-            cols, w = cooc_rows.row_entries(row)
-            cols, w = cols.cpu(), w.cpu()
-            self_mask = cols != lat
-            rate = cfg.cooc_rate if cooc_rows.mode == "sketch" else 1.0
-            co = pair_stats(cols[self_mask], w[self_mask], n_i, count.double(), N, keys.__getitem__, jaccard=True,
-                            rate=rate)
+            co = next(cos)
             corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(row) / rate,
                                          sample_rate=rate, count_se=_sample_se(co, rate))
             comp = ComponentData(
@@ -194,28 +167,37 @@ def _sample_se(lists: dict[str, list[Scored]], rate: float) -> dict[int, float]:
     """Standard error of each listed count c (an estimate c = sampled / rate): sqrt(c rate (1 - rate)) / rate."""
     if rate >= 1:
         return {}
-    return {s.index: _sig(math.sqrt(s.count * rate * (1 - rate)) / rate) for lst in lists.values() for s in lst}
+    return {s.index: sig(math.sqrt(s.count * rate * (1 - rate)) / rate) for lst in lists.values() for s in lst}
 
 
 def examples(locs: Tensor, vals: Tensor, wins: Tensor, store, W: int, tt: TokenText, source,
              centred: bool = True) -> list[ActivationExample]:
     """The examples at `locs`; each window's tokens are its bytes decoded whole, one piece per token; windows
-    centred on the firing or in its fixed chunk (core.examples.window_centre)."""
+    centred on the firing or in its fixed chunk (core.examples.window_centre). One gather of every window's
+    token ids per call (a numpy call per example cost more than the example's own work)."""
     S = store.shape[1]
-    tokens = np.asarray(store.arr)  # a plain view of the memmap: slicing a np.memmap costs ~5 us per example
-    wins = wins.numpy().round(5)  # [K, 2W+1]
+    locs_l, vals_l = locs.tolist(), vals.tolist()
+    live = [j for j, loc in enumerate(locs_l) if loc >= 0]
+    if not live:
+        return []
+    seq_pos = [divmod(locs_l[j], S) for j in live]
+    spans = [window_bounds(pos, S, W, centred) for _, pos in seq_pos]  # what each example shows
+    starts = np.array([a for a, _ in spans])
+    lengths = [b - a for a, b in spans]
+    tokens = np.asarray(store.arr)  # a plain view of the memmap
+    grid = tokens[np.array([seq for seq, _ in seq_pos])[:, None], np.minimum(starts[:, None] + np.arange(2 * W + 1), S - 1)]
+    shown = np.arange(2 * W + 1) < np.array(lengths)[:, None]
+    whole = (tt.whole_ids(grid) | ~shown).all(axis=1).tolist()  # [n] every shown token decodes alone
+    ids_rows, win_rows = grid.tolist(), wins.numpy().round(5).tolist()  # [K, 2W+1]
     out = []
-    for j, (loc, val) in enumerate(zip(locs.tolist(), vals.tolist())):
-        if loc < 0:
-            continue
-        seq, pos = divmod(loc, S)
-        mid = window_centre(pos, S, W, centred)  # the stored window: rows mid - W .. mid + W
-        a, b = window_bounds(pos, S, W, centred)  # what the example shows, inside the stored rows
-        ids, fi = tokens[seq, a:b].tolist(), pos - a
-        lo = a - (mid - W)
-        out.append(ActivationExample(sequence=seq, position=pos, activation=round(val, 6), token_ids=ids,
-                                     tokens=tt.pieces(ids), activations=wins[j, lo : lo + len(ids)].tolist(),
-                                     firing_index=fi, source=source))
+    for n, j in enumerate(live):
+        seq, pos = seq_pos[n]
+        a, length = spans[n][0], lengths[n]
+        ids = ids_rows[n][:length]
+        lo = a - (window_centre(pos, S, W, centred) - W)  # the shown rows inside the stored mid - W .. mid + W
+        out.append(ActivationExample(sequence=seq, position=pos, activation=round(vals_l[j], 6), token_ids=ids,
+                                     tokens=tt.pieces(ids, whole[n]), activations=win_rows[j][lo : lo + length],
+                                     firing_index=pos - a, source=source))
     return out
 
 

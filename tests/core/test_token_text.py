@@ -64,3 +64,41 @@ def test_readable_and_round_trip(tmp_path):
     tt.save(tmp_path / "tb.json")
     assert TokenText.load(tmp_path / "tb.json").bytes == tt.bytes
     assert TokenText.load(tmp_path / "missing.json") is None
+
+
+def _char_by_char(tt: TokenText, ids: list[int]) -> list[str]:
+    """The rule spelled out: decode the window's bytes whole, each character to the token of its first byte."""
+    data, owner = b"", []
+    for j, i in enumerate(ids):
+        data += tt.bytes[i]
+        owner += [j] * len(tt.bytes[i])
+    out, pos = [""] * len(ids), 0
+    while pos < len(data):
+        for n in (4, 3, 2, 1):  # the longest valid character starting here, else one stray byte
+            try:
+                ch = data[pos : pos + n].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if len(ch) == 1:
+                break
+        else:
+            ch, n = "\ufffd", 1
+        out[owner[pos]] += ch
+        pos += n
+    return out
+
+
+def test_windows_of_whole_and_split_tokens_follow_the_byte_rule():
+    """pieces() takes a shortcut when every token is whole UTF-8 alone; it must give what the rule gives."""
+    import random
+
+    vocab = [b"a", b" b", "é".encode(), "世".encode(), b"\xe4", b"\xb8", b"\x96", b"\xf0\x9f", b"\x99\x82", b"\xff", b""]
+    tt = TokenText(vocab)
+    rng = random.Random(0)
+    whole = split = 0
+    for _ in range(3000):
+        ids = [rng.randrange(len(vocab)) for _ in range(rng.randint(1, 8))]
+        assert tt.pieces(ids) == _char_by_char(tt, ids), ids
+        whole += all(i < 4 or i == 10 for i in ids)
+        split += any(4 <= i < 10 for i in ids)
+    assert whole > 100 and split > 1000  # both paths were taken
