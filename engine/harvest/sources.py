@@ -9,6 +9,10 @@ A hookpoint is either a TransformerLens name or an HF module path:
 | blocks.i.hook_resid_mid                 | layers.i.post_attention_layernorm / ln_2     | input    |
 | blocks.i.hook_attn_out                  | layers.i.self_attn / attn / attention        | output   |
 | blocks.i.hook_mlp_out                   | layers.i.mlp                                 | output   |
+| Gemma 2/3 (norms after each sublayer):  |                                              |          |
+|   blocks.i.hook_resid_mid               | layers.i.pre_feedforward_layernorm           | input    |
+|   blocks.i.hook_attn_out                | layers.i.post_attention_layernorm            | output   |
+|   blocks.i.hook_mlp_out                 | layers.i.post_feedforward_layernorm          | output   |
 | blocks.i.ln2.hook_normalized, mlp.hook_in | layers.i.mlp                               | input    |
 | blocks.i.mlp.hook_post                  | layers.i.mlp.down_proj / c_proj / dense_4h_to_h | input |
 | hook_embed                              | embed_tokens / wte / embed_in                | output   |
@@ -73,12 +77,22 @@ def resolve(model: nn.Module, hookpoint: str) -> Site:
         if i >= n:
             raise UserError(f"hookpoint {hookpoint}: the model has {n} layers (0..{n - 1}) -- pick an existing layer")
         block = f"{layers}.{i}"
+        sandwich = f"{block}.pre_feedforward_layernorm" in modules and f"{block}.post_feedforward_layernorm" in modules
+        if sandwich:  # Gemma 2/3: each sublayer's output is normed before it joins the residual stream, so the
+            # writes are the post-norms' outputs and resid_mid is the pre-feedforward norm's input
+            mid = (f"{block}.pre_feedforward_layernorm", "input")
+            attn = (f"{block}.post_attention_layernorm", "output")
+            mlp = (f"{block}.post_feedforward_layernorm", "output")
+        else:
+            mid = (_first_child(modules, block, ("post_attention_layernorm", "ln_2")), "input")
+            attn = (_first_child(modules, block, ("self_attn", "attn", "attention")), "output")
+            mlp = (_first_child(modules, block, ("mlp",)), "output")
         table = {
             "hook_resid_post": (block, "output"),
             "hook_resid_pre": (block, "input"),
-            "hook_resid_mid": (_first_child(modules, block, ("post_attention_layernorm", "ln_2", "pre_feedforward_layernorm")), "input"),
-            "hook_attn_out": (_first_child(modules, block, ("self_attn", "attn", "attention")), "output"),
-            "hook_mlp_out": (_first_child(modules, block, ("mlp",)), "output"),
+            "hook_resid_mid": mid,
+            "hook_attn_out": attn,
+            "hook_mlp_out": mlp,
             "ln2.hook_normalized": (_first_child(modules, block, ("mlp",)), "input"),
             "mlp.hook_in": (_first_child(modules, block, ("mlp",)), "input"),
             "mlp.hook_post": (_first_child(modules, block + ".mlp", ("down_proj", "c_proj", "dense_4h_to_h")), "input"),

@@ -54,6 +54,27 @@ def test_attn_plus_mlp_reconstructs_residual(llama):
     torch.testing.assert_close(a["blocks.1.hook_resid_pre"] + a["blocks.1.hook_attn_out"] + a["blocks.1.hook_mlp_out"], a["blocks.1.hook_resid_post"], rtol=1e-5, atol=1e-5)
 
 
+def test_gemma2_sublayer_writes_are_the_post_norms_and_rebuild_the_residual():
+    """Gemma 2 norms each sublayer's output before adding it: the TL names must capture what is added."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=16)
+    model = Gemma2ForCausalLM(cfg).eval()
+    for name, p in model.named_parameters():  # random norm weights: the pre- and post-norm outputs differ
+        if "norm" in name:
+            p.data = torch.randn_like(p) * 0.5
+    assert resolve(model, "blocks.1.hook_resid_mid").module == "model.layers.1.pre_feedforward_layernorm"
+    names = [f"blocks.1.hook_{h}" for h in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")]
+    hm = HookedModel(model, names)
+    a, _ = hm.run(torch.randint(0, 64, (1, 7)), need_logits=False)
+    hm.close()
+    a = {n.split("hook_")[1]: v for n, v in a.items()}
+    torch.testing.assert_close(a["resid_pre"] + a["attn_out"], a["resid_mid"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a["resid_mid"] + a["mlp_out"], a["resid_post"], rtol=1e-5, atol=1e-5)
+
+
 def test_early_stop_skips_later_layers(llama):
     ran = []
     h = llama.model.layers[2].register_forward_hook(lambda *a: ran.append(2))
