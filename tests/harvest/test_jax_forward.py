@@ -60,7 +60,8 @@ def test_forward_matches_hf(family, tmp_path):
     r = ref_logits.numpy()
     np.testing.assert_allclose(np.asarray(logits), r, rtol=1e-4, atol=1e-5 * np.abs(r).max(), err_msg=f"{family} logits")
     if family == "gemma2":  # post-norm family: the true residual mid-point is pre_feedforward_layernorm's input
-        assert pts[-1] == (0, "resid_mid") and pts[3] == (0, "attn_out")
+        assert pts[-1] == pts[3] == (0, "resid_mid")  # hook_resid_mid is that input too
+        assert pts[2] == (0, "attn_normed") and pts[6] == (1, "mlp_normed")  # the sublayers' residual writes
 
 
 def _dictionary(activation, d=6, L=20, **kw):
