@@ -196,6 +196,8 @@ class RunConfig(msgspec.Struct, kw_only=True):
     "Split (spec) read through `datasets`, e.g. train or train[:1%]; None for jsonl/txt files, which have none."
     random_dictionary: bool = False
     "The dictionaries' weights were replaced by random ones (--random-dictionary): a control run."
+    dtype: str = "float32"
+    "The model's dtype during the harvest (--dtype; runs before it was recorded read as float32)."
     extra: dict[str, Any] = {}
 
 

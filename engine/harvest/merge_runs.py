@@ -43,7 +43,7 @@ from engine.harvest.state import HarvestState
 
 SAME = ("model", "model_class", "dataset_column", "context_length", "hookpoints", "n_latents", "top_k", "n_random",
         "window", "center_examples", "top_chunk", "histogram_edges", "filter_bos", "output_stats", "seed", "backend",
-        "random_dictionary")
+        "random_dictionary", "dtype")
 "RunConfig fields that must agree for runs to merge."
 
 

@@ -16,7 +16,7 @@ from engine.core.errors import UserError
 from engine.core.latents import parse_latents
 from engine.core.rundir import RunDir
 from engine.core.schemas import RunConfig
-from engine.harvest.config import HarvestArgs
+from engine.harvest.config import DTYPES, HarvestArgs
 from engine.harvest.data import TokenStore, dataset_split_used
 from engine.harvest.defaults import DEFAULT_SAE
 from engine.harvest.dictionaries import load_dictionary
@@ -72,6 +72,7 @@ def finish_config(rc: RunConfig, a: HarvestArgs, dicts, latent_scores: dict[int,
     the random control, --latents scores, --sequence-offset, and firings a per-token cap dropped."""
     rc.dataset_name, rc.dataset_split = a.dataset_name or None, dataset_split_used(a.dataset, a.dataset_split)
     rc.random_dictionary = a.random_dictionary
+    rc.dtype = DTYPES.get(str(a.dtype).lower(), str(a.dtype))
     for h, d in zip(rc.hookpoints, dicts):
         h.revision = d.revision
     if latent_scores:

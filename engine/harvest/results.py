@@ -86,7 +86,7 @@ def build_results(state: HarvestState, rc: RunConfig, dicts, tokenizer, store, m
     s = {k: v.cpu() for k, v in state.tensors().items()}
     write_summary(rc, s, run)
     tt = token_text(tokenizer, state.cfg.vocab_size)  # built once: the examples' text and token_bytes.json
-    write_components(state, rc, dicts, tt, store, model, run.components, s["count"])
+    write_components(state, rc, dicts, tt, store, model, run.components, s["count"], tensors=s)
     write_vocabulary_files(rc, dicts, tt, model, run)
 
 
@@ -104,14 +104,14 @@ def write_summary(rc: RunConfig, stats: dict[str, Tensor], run: RunDir) -> None:
 
 
 def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, store, model, path: Path,
-                     all_counts: Tensor, progress: bool = True) -> None:
+                     all_counts: Tensor, progress: bool = True, tensors: dict[str, Tensor] | None = None) -> None:
     """One ComponentData line per latent of the state's rows that fired, written to `path` via a temp file
     (tt: the run's token text, `token_text(tokenizer, vocab)`).
     all_counts [n_latents]: firing counts of every latent (co-occurrence marginals; a latent-parallel
-    state only counts its own rows)."""
+    state only counts its own rows). tensors: the state's tensors on the CPU when the caller has them."""
     cfg = state.cfg
     lo, _ = cfg.rows
-    s = {k: v.cpu() for k, v in state.tensors().items()}
+    s = tensors if tensors is not None else {k: v.cpu() for k, v in state.tensors().items()}
     N = float(s["n_tokens"])
     vocab_str = [tt.readable(i) for i in range(cfg.vocab_size)]
     original = [(h, h.latent_ids[i] if h.latent_ids else i) for h in rc.hookpoints for i in range(h.n_latents)]

@@ -112,3 +112,10 @@ def test_resume_refuses_a_checkpoint_of_other_data():
         b = parse_args(["--dataset", "wikitext", "--dataset-name", "wikitext-2-raw-v1", "--dataset-split", "train[:1%]",
                         flag, value])
         assert b.checkpoint_source_differs(meta), flag
+
+
+def test_the_dtype_is_recorded_in_config_json(tmp_path):
+    out = tmp_path / "run"
+    harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--out", str(out), *SMALL, "--n-batches", "1", "--dtype", "bf16"])
+    rc = msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig)
+    assert rc.dtype == "bfloat16"
