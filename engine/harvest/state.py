@@ -204,8 +204,7 @@ class HarvestState:
             self.in_tok.add(row, flat_tokens[tok])
         if "output_tokens" in steps and self.out_tok is not None and next_top is not None:
             ids, probs = next_top  # [N, T]
-            T = ids.shape[1]
-            self.out_tok.add(row[:, None].expand(-1, T).reshape(-1), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
+            self.out_tok.add(row[:, None].expand(-1, ids.shape[1]).reshape(-1), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
         if "cooc" in steps:
             tok_loc = (seq_ids[:, None] * S + torch.arange(S, device=seq_ids.device)).reshape(-1) + cfg.seq_offset * S
             n = len(tok) - firings.spilled  # pairs come from the rows, never the spill (engine.harvest.firings)
@@ -383,8 +382,9 @@ class HarvestState:
             raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}) -- delete it or rerun without --resume") from None
         cfg = StateConfig(**info["config"])
         if expect is not None and asdict(expect) != asdict(cfg):
-            diff = sorted(k for k, v in asdict(expect).items() if info["config"].get(k) != v)
-            raise UserError(f"checkpoint {path} was made with a different config ({', '.join(diff)}) -- use the same options or a new --out")
+            diff = [f"{k} {info['config'].get(k)} here {v}" for k, v in sorted(asdict(expect).items()) if info["config"].get(k) != v]
+            raise UserError(f"checkpoint {path} was made with a different config ({', '.join(diff)}) -- use the same options "
+                            f"{'(--cooc-sample-rate sets the auto rate) ' if 'cooc_rate' in str(diff) else ''}or a new --out")
         state = cls(cfg, device)
         state.load_tensors(tensors)
         return state, info["meta"]

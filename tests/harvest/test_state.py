@@ -266,6 +266,12 @@ def test_checkpoint_roundtrip(tmp_path):
     assert meta == {"batches": 2}
     for k, v in s.tensors().items():
         assert torch.equal(v, s2.tensors()[k]), k
+    from dataclasses import replace
+
+    from engine.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"cooc_rate 1.0 here 0.25.*--cooc-sample-rate"):  # names value and fix
+        HarvestState.load(tmp_path / "ck", expect=replace(cfg, cooc_rate=0.25))
 
 
 def test_histogram_bins_against_the_recorded_edges():
