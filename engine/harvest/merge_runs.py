@@ -59,8 +59,18 @@ class MergeArgs:
     "Where to merge and write results (cpu, cuda)."
 
 
+def _place(v: str) -> str:
+    """A model or dictionary as recorded: local paths compare by where they resolve (./m, m/ and /abs/m agree)."""
+    p = Path(v).expanduser()
+    return str(p.resolve()) if p.exists() else v
+
+
 def _refuse_different(a: RunDir, ra: RunConfig, b: RunDir, rb: RunConfig) -> None:
     da, db = msgspec.to_builtins(ra), msgspec.to_builtins(rb)
+    for d in (da, db):
+        d["model"] = _place(d["model"])
+        for h in d["hookpoints"]:
+            h["dictionary"] = _place(h["dictionary"])
     for name in SAME:
         if da[name] != db[name]:
             show = lambda v: str(v) if len(str(v)) < 60 else str(v)[:57] + "..."

@@ -6,6 +6,7 @@ run B's, with the same model, dictionary and settings; the merged run must equal
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -171,3 +172,16 @@ def test_merges_keep_the_random_control_and_an_earlier_merge_s_verdict(runs, tmp
                   "--sequence-offset", str(RunDir(tmp_path / "M0").load_config().n_sequences)])
     merge_main([str(tmp_path / "M0"), str(c), "--out", str(tmp_path / "M2")])
     assert RunDir(tmp_path / "M2").load_config().extra["reservoir_exact"] is False
+
+
+def test_merge_takes_the_same_model_spelled_as_another_path(runs, tmp_path, monkeypatch):
+    """./model, model/ and /abs/model are one model: merging refuses other settings, not other spellings."""
+    monkeypatch.chdir(ROOT)
+    other = tmp_path / "B-relative"
+    shutil.copytree(runs / "B", other)
+    cfg = json.loads(RunDir(other).config.read_text())
+    cfg["model"] = "./" + os.path.relpath(DEFAULT_MODEL, ROOT) + "/"
+    cfg["hookpoints"][0]["dictionary"] = os.path.relpath(DEFAULT_SAE, ROOT)
+    RunDir(other).config.write_text(json.dumps(cfg))
+    merge_main([str(runs / "A"), str(other), "--out", str(tmp_path / "merged")])
+    assert RunDir(tmp_path / "merged").components.stat().st_size > 0
