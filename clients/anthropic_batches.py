@@ -305,22 +305,29 @@ async def run_batches(client: HTTPClient, requests: Iterable[CompletionRequest],
         bar.update(1)
 
     reserved: dict[str, float] = {}  # batch id -> cost held until its results are recorded
+
+    async def submit_within_budget(chunk) -> str | None:
+        """Reserve the chunk's worst-case cost, then submit it (its id); past the budget its requests fail."""
+        estimate = sum(runner.wire.estimate_usd(r, len(_encode(params_body(r, runner.wire.model))))
+                       for _, r in chunk) * runner.wire.prices.batch_discount
+        if not client.ledger.reserve(estimate):
+            for _, r in chunk:
+                await deliver(failed(r, runner.wire.model, "budget_exceeded", attempts=0))
+            return None
+        try:
+            bid = await runner.submit(chunk)
+        except BaseException:
+            client.ledger.release(estimate)
+            raise
+        reserved[bid] = estimate
+        return bid
+
     try:
         await runner.adopt_pending()
         in_batches = {bid for b in runner.state.batches if not b.done for bid in b.custom_ids}
         fresh = [(bid, r) for bid, r in wanted.items() if bid not in in_batches]
         for chunk in _chunks(fresh, runner.wire, policy):
-            estimate = sum(runner.wire.estimate_usd(r, len(_encode(params_body(r, runner.wire.model))))
-                           for _, r in chunk) * runner.wire.prices.batch_discount
-            if not client.ledger.reserve(estimate):
-                for _, r in chunk:
-                    await deliver(failed(r, runner.wire.model, "budget_exceeded", attempts=0))
-                continue
-            try:
-                reserved[await runner.submit(chunk)] = estimate
-            except BaseException:
-                client.ledger.release(estimate)
-                raise
+            await submit_within_budget(chunk)
         open_records = [b for b in runner.state.batches if not b.done and any(bid in wanted for bid in b.custom_ids)]
         while open_records:
             for record in list(open_records):
@@ -332,9 +339,10 @@ async def run_batches(client: HTTPClient, requests: Iterable[CompletionRequest],
                     open_records.remove(record)
                     if runner.resubmit:  # rebuilt without what the model rejected
                         again, runner.resubmit = runner.resubmit, []
-                        for chunk in _chunks(again, runner.wire, policy):
-                            bid = await runner.submit(chunk)
-                            open_records.append(next(b for b in runner.state.batches if b.id == bid))
+                        for chunk in _chunks(again, runner.wire, policy):  # reserved like the first submission
+                            bid = await submit_within_budget(chunk)
+                            if bid is not None:
+                                open_records.append(next(b for b in runner.state.batches if b.id == bid))
                 else:
                     bar.set_postfix(batch=record.id[-8:], **{k: v for k, v in status.request_counts.items() if v},
                                     refresh=True)

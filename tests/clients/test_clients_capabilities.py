@@ -111,6 +111,26 @@ def test_batches_learn_the_drop_and_lose_nothing(tmp_path):
     assert [len(b["_items"]) for b in batches] == [30, 30, 30]
 
 
+def test_resubmitted_batches_hold_their_cost_in_the_ledger_like_the_first(tmp_path):
+    """The resubmission (without the rejected field) reserves its worst case before it is sent, and is
+    refused past the budget like any batch; every reservation is released once its results are in."""
+    policy = BatchPolicy(poll_interval_s=0.01)
+
+    async def go():
+        async with FakeLLMServer(reject_fields=("temperature",)) as server:
+            client = make_client("anthropic", "claude-haiku-4-5", base_url=server.base_url, state_dir=tmp_path)
+            held, real = [], client.ledger.reserve
+            client.ledger.reserve = lambda est: held.append(est) or real(est)
+            out = []
+            await run_batches(client, requests_(30), out.append, tmp_path / "b.json", policy, progress=False)
+            await client.aclose()
+            return out, held, client.ledger
+    out, held, ledger = asyncio.run(go())
+    assert all(r.error is None for r in out) and len(out) == 30
+    assert len(held) == 2 and held[1] > 0  # the first batch, then its resubmission
+    assert ledger.reserved == 0
+
+
 def test_llama_cpp_server_gets_json_object_with_schema(tmp_path):
     """llama_cpp.server refuses json_schema with a 500: the client switches to {type: json_object, schema} at
     once (never retried as a server error), remembers it per model in the run folder."""
