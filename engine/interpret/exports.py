@@ -16,7 +16,8 @@ examples (highest first) then the random sample, each firing (sequence_index,
 token_position) listed once; with `max_examples` (engine.label) only that many
 of the highest activations are kept. `num_examples` is the number listed.
 `text[char_start:char_end]` is the firing token (offsets count Python str
-characters, i.e. Unicode code points). The seed's fields come first; the rest
+characters, i.e. Unicode code points); a token that only continues a character
+begun in the token before it spans that character. The seed's fields come first; the rest
 are additions. Both files are rewritten whole (temp file + rename), so a reader
 never sees half a file.
 """
@@ -38,9 +39,11 @@ def seed_examples(c: ComponentData, max_examples: int | None = None) -> list[dic
             continue
         seen.add((e.sequence, e.position))
         start = sum(map(len, e.tokens[:e.firing_index]))
+        end = start + len(e.tokens[e.firing_index])
+        if end == start and start > 0:  # the token only continues a character begun before it: that character
+            start -= 1
         examples.append({"activation": e.activation, "sequence_index": e.sequence, "token_position": e.position,
-                         "text": "".join(e.tokens), "char_start": start,
-                         "char_end": start + len(e.tokens[e.firing_index])})
+                         "text": "".join(e.tokens), "char_start": start, "char_end": end})
     if max_examples is not None:  # the seed keeps the max_examples highest activations
         examples = sorted(examples, key=lambda x: -x["activation"])[:max_examples]
     return examples

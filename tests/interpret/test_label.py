@@ -130,3 +130,18 @@ def test_second_call_into_same_folder_labels_its_own_features(tmp_path):
     finally:
         srv.stop()
     assert sent == 2
+
+
+def test_a_firing_on_a_continuation_byte_spans_the_character_it_continues():
+    from types import SimpleNamespace
+
+    from engine.core.schemas import ActivationExample
+    from engine.interpret.exports import seed_examples
+
+    def ex(pos, fi):  # "a世b" as 4 tokens: 世's three bytes split over tokens 1 and 2 (piece "" for the second)
+        return ActivationExample(sequence=0, position=pos, activation=1.0, token_ids=[1, 2, 3, 4],
+                                 tokens=["a", "世", "", "b"], activations=[0.0] * 4, firing_index=fi, source="top")
+
+    c = SimpleNamespace(top_examples=[ex(2, 2), ex(3, 3), ex(1, 1)], random_examples=[])
+    spans = [e["text"][e["char_start"]:e["char_end"]] for e in seed_examples(c)]
+    assert spans == ["世", "b", "世"]
