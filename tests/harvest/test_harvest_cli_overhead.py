@@ -76,7 +76,16 @@ def test_final_checkpoint_only_when_asked(tmp_path, reference):
     assert no_prefetch_thread()
 
 
-def test_ctrl_c_mid_batch_saves_whole_batches_and_resumes_exactly(tmp_path, reference, monkeypatch):
+@pytest.fixture()
+def terminal_sigint():
+    """Python's own SIGINT handler, as under a terminal: a runner that starts the tests in the background
+    (`cmd &` in a script) hands the process SIGINT ignored, and then no Ctrl-C reaches the harvest at all."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_mid_batch_saves_whole_batches_and_resumes_exactly(tmp_path, reference, monkeypatch, terminal_sigint):
     """SIGINT between a batch's state update and its bookkeeping: the run stops after that batch and the
     checkpoint says so (before, the checkpoint held batch 2 but claimed 1, and --resume folded it in twice)."""
     out = tmp_path / "interrupted"
