@@ -75,7 +75,15 @@ def row_lists(counter: PairCounter, rows: list[int], n_i: Tensor, marg: Tensor, 
         if jaccard:
             value["jaccard"] = joint / (n + m - joint)
         R = len(at)
-        lists = {name: _top(r.numpy(), j.numpy(), v.numpy(), R, top_n) for name, v in value.items()}
+        grid = torch.full(cols.shape, -torch.inf, dtype=torch.float64)  # [R, M] one metric at a time
+        lists = {}
+        for name, v in value.items():
+            grid[r, j] = v  # each row's top_n-th value bounds its list; only entries reaching it are ranked
+            bound = grid.topk(min(top_n, grid.shape[1]), dim=1).values[:, -1]  # [R] (-inf: fewer entries)
+            cand = torch.nonzero(v >= bound[r]).squeeze(1).numpy()  # ties at the bound included
+            pick = _top(r.numpy()[cand], j.numpy()[cand], v.numpy()[cand], R, top_n)
+            lists[name] = [cand[p].tolist() for p in pick]
+            grid[r, j] = -torch.inf
         col_l, joint_l = col.tolist(), joint.tolist()
         v_l = {name: v.tolist() for name, v in value.items()}
         for row in range(R):
@@ -83,12 +91,11 @@ def row_lists(counter: PairCounter, rows: list[int], n_i: Tensor, marg: Tensor, 
                    for name, picks in lists.items()}
 
 
-def _top(r: np.ndarray, j: np.ndarray, v: np.ndarray, R: int, top_n: int) -> list[list[int]]:
+def _top(r: np.ndarray, j: np.ndarray, v: np.ndarray, R: int, top_n: int) -> list[np.ndarray]:
     """Per row of R: the positions (into r, j, v) of its top_n largest v, ties by entry j."""
     order = np.lexsort((j, -v, r))  # by row, then value descending, then entry
     rs = r[order]
     rank = np.arange(len(rs)) - np.searchsorted(rs, rs)
     order, rs = order[rank < top_n], rs[rank < top_n]
     bounds = np.searchsorted(rs, np.arange(R + 1))
-    flat = order.tolist()
-    return [flat[bounds[i] : bounds[i + 1]] for i in range(R)]
+    return [order[bounds[i] : bounds[i + 1]] for i in range(R)]
