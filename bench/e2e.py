@@ -165,6 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                "--n-simulated", str(a.n_simulated), *client(sim_model)]))
             times[f"score_{name}"] = time.time() - t
     finally:
+        if proc is not None and proc.poll() in (-4, 132):  # SIGILL: a build for another CPU (see the Makefile)
+            print("e2e: llama_cpp.server died of an illegal instruction: its build uses CPU features this host "
+                  "lacks -- reinstall it portably: make e2e after .venv/bin/pip uninstall -y llama-cpp-python",
+                  file=sys.stderr)
         if proc is not None:
             proc.terminate()
             try:
@@ -178,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{len(latents)} latents; {len(real)} explained by the server ({len(explained) - len(real)} kept the search "
           "label after a failure)")
     for e in list(explained.values())[:8]:
-        print(f"  {e.latent:5d}  llm {e.label!r:45.45}  search {e.search_label!r:.40}")
+        shown = repr(e.label) if e.source == "llm" and e.error is None else "(failed: search label kept)"
+        print(f"  {e.latent:5d}  llm {shown:45.45}  search {e.search_label!r:.40}")
     print(f"\n{'scorer':11s} {'search labels':34s} {'LLM explanations':34s}")
     for s in SCORERS:
         print(f"{s:11s} {pooled(summaries['search'], s):34s} {pooled(summaries['llm'], s):34s}")
