@@ -30,6 +30,18 @@ from kernels.sorting import stable_argsort
 from kernels.token_stats import pair_count_update
 
 
+def on_cpu(counter: PairCounter) -> PairCounter:
+    """The counter itself when its tensors are on the CPU, else a CPU copy (for readers that cannot use a GPU)."""
+    names = ("table",) if counter.mode == "dense" else ("keys", "weights", "err")
+    if all(getattr(counter, n).device.type == "cpu" for n in names):
+        return counter
+    copy = object.__new__(PairCounter)
+    copy.__dict__.update(counter.__dict__)
+    for n in names:
+        setattr(copy, n, getattr(counter, n).cpu())
+    return copy
+
+
 def choose_mode(rows: int, cols: int, budget_bytes: int) -> str:
     """Cost model: dense when the exact table fits the budget."""
     return "dense" if rows * cols * 8 <= budget_bytes else "sketch"

@@ -40,7 +40,9 @@ from engine.core.schemas import (
 )
 from engine.core.token_text import TokenText
 from engine.harvest.neighbours import write_directions
+from engine.harvest.pair_counts import on_cpu
 from engine.harvest.pair_lists import row_lists, sig
+from engine.harvest.parallel_write import choose_workers, write_parts
 from engine.harvest.state import HarvestState, StateConfig
 from engine.harvest.token_bytes import token_bytes
 
@@ -104,11 +106,13 @@ def write_summary(rc: RunConfig, stats: dict[str, Tensor], run: RunDir) -> None:
 
 
 def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, store, model, path: Path,
-                     all_counts: Tensor, progress: bool = True, tensors: dict[str, Tensor] | None = None) -> None:
+                     all_counts: Tensor, progress: bool = True, tensors: dict[str, Tensor] | None = None,
+                     workers: int | None = None) -> None:
     """One ComponentData line per latent of the state's rows that fired, written to `path` via a temp file
     (tt: the run's token text, `token_text(tokenizer, vocab)`).
     all_counts [n_latents]: firing counts of every latent (co-occurrence marginals; a latent-parallel
-    state only counts its own rows). tensors: the state's tensors on the CPU when the caller has them."""
+    state only counts its own rows). tensors: the state's tensors on the CPU when the caller has them.
+    workers: processes writing parts of the file (engine.harvest.parallel_write; None: chosen there)."""
     cfg = state.cfg
     lo, _ = cfg.rows
     s = tensors if tensors is not None else {k: v.cpu() for k, v in state.tensors().items()}
@@ -118,32 +122,33 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, s
     keys = [f"{h.name}/{i}" for h, i in original]
     lens = logit_lens(dicts, model, rc)
     count = all_counts.cpu()
-    cooc_rows = state.cooc
-    enc = msgspec.json.Encoder()
-    fired = torch.nonzero(s["count"] > 0).squeeze(1).tolist()  # this state's rows that fired
-    lats = torch.tensor(fired, dtype=torch.int64) + lo  # their global latent ids
-    n_fired = count[lats].double()
+    in_tok, cooc_rows = on_cpu(state.in_tok), on_cpu(state.cooc)  # forked writers read CPU tensors only
+    out_tok = on_cpu(state.out_tok) if state.out_tok is not None and len(s["out_total"]) else None
     rate = cfg.cooc_rate if cooc_rows.mode == "sketch" else 1.0
     sizes = {"top_n": TOP_N, "min_count": MIN_COUNT}
-    ins = row_lists(state.in_tok, fired, n_fired, s["tok_total"].double(), N, vocab_str.__getitem__, **sizes)
-    outs = (row_lists(state.out_tok, fired, n_fired, s["out_total"], N, vocab_str.__getitem__, **sizes)
-            if state.out_tok is not None and len(s["out_total"]) else None)
-    cos = row_lists(cooc_rows, fired, n_fired, count.double(), N, keys.__getitem__, jaccard=True, rate=rate,
-                    exclude=lats, **sizes)
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        for row in tqdm(fired, desc="results", unit="latent", disable=not progress):
+    fired = torch.nonzero(s["count"] > 0).squeeze(1).tolist()  # this state's rows that fired
+
+    def write_rows(rows: list[int], f, advance) -> None:
+        enc = msgspec.json.Encoder()
+        lats = torch.tensor(rows, dtype=torch.int64) + lo  # their global latent ids
+        n_fired = count[lats].double()
+        ins = row_lists(in_tok, rows, n_fired, s["tok_total"].double(), N, vocab_str.__getitem__, **sizes)
+        outs = row_lists(out_tok, rows, n_fired, s["out_total"], N, vocab_str.__getitem__, **sizes) if out_tok else None
+        cos = row_lists(cooc_rows, rows, n_fired, count.double(), N, keys.__getitem__, jaccard=True, rate=rate,
+                        exclude=lats, **sizes)
+        for row in rows:
             lat = lo + row  # global latent index; `row` indexes this state's tensors
             n_i = float(count[lat])
             hp = next(h for h in rc.hookpoints if h.offset <= lat < h.offset + h.n_latents)
             i_l = next(ins)
             in_stats = TokenStats(top_precision=i_l["precision"], top_recall=i_l["recall"], top_pmi=i_l["pmi"],
-                                  exact=state.in_tok.mode == "dense", error_bound=state.in_tok.error_bound(row),
+                                  exact=in_tok.mode == "dense", error_bound=in_tok.error_bound(row),
                                   measure="input token")
             out_stats = None
             if outs is not None:
                 o = next(outs)
                 out_stats = TokenStats(top_precision=o["precision"], top_recall=o["recall"], top_pmi=o["pmi"],
-                                       exact=state.out_tok.mode == "dense", error_bound=state.out_tok.error_bound(row),
+                                       exact=out_tok.mode == "dense", error_bound=out_tok.error_bound(row),
                                        measure=f"top-{cfg.output_top} next-token mass")
             co = next(cos)
             corr = ComponentCorrelations(**co, exact=cooc_rows.mode == "dense", error_bound=cooc_rows.error_bound(row) / rate,
@@ -161,6 +166,11 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, s
                 logit_lens=lens(lat, vocab_str) if lens else None, correlations=corr,
             )
             f.write(enc.encode(comp) + b"\n")
+            if advance is not None:
+                advance(1)
+
+    with replacing(path) as tmp, tqdm(total=len(fired), desc="results", unit="latent", disable=not progress) as bar:
+        write_parts(tmp, fired, write_rows, choose_workers(len(fired)) if workers is None else workers, bar.update)
 
 
 def _sample_se(lists: dict[str, list[Scored]], rate: float) -> dict[int, float]:

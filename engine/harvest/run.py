@@ -302,7 +302,8 @@ def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokeni
     out = run.harvest
     part = run.components_part(rank)
     tt = token_text(tokenizer, cfg.vocab_size)
-    write_components(state, rc, dicts, tt, store, model, part, full["count"], progress=rank == 0)
+    write_components(state, rc, dicts, tt, store, model, part, full["count"], progress=rank == 0,
+                     workers=1)  # every rank writes its own part already
     dist.barrier()
     if rank == 0:
         write_summary(rc, {k: full[k] for k in STATS}, run)
