@@ -11,8 +11,10 @@ phase of 1,024 latents took 1.8 s on one core; at 131k latents it would take min
 
 Children follow the rule PyTorch's DataLoader workers follow after a fork: torch on one
 thread, CPU tensors only (the caller hands them nothing on a GPU). A child that fails or is
-killed has its chunk rewritten here: a failure costs time, never a line. Forking is used on
-Linux only; `AUTOINTERP_RESULT_WORKERS=N` overrides the choice (1 = one process).
+killed has its chunk rewritten here: a failure costs time, never a line. Forking is chosen on
+Linux only, and never in a process that has imported JAX (the JAX backend: its runtime
+threads can deadlock a forked child); `AUTOINTERP_RESULT_WORKERS=N` overrides the choice
+(1 = one process).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def choose_workers(n_items: int) -> int:
         if not env.isdigit() or int(env) < 1:
             raise UserError(f"AUTOINTERP_RESULT_WORKERS={env!r} is not a count -- set it to 1 or more, or unset it")
         return int(env)
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or "jax" in sys.modules:  # JAX runs threads a fork can deadlock
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS, n_items // PER_WORKER))
 
