@@ -36,6 +36,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.sorting import stable_argsort
+
 FIRINGS_PER_TOKEN = 256
 "Default cap P of firings kept per token for non-TopK dictionaries (the strongest)."
 SPILL_SHARE = 4
@@ -62,10 +64,10 @@ class Firings:
         self.spilled = spilled
         "The last `spilled` slots are the spill: firings beyond their token's P (per-latent statistics only)."
 
-    def paired(self) -> tuple[Tensor, Tensor]:
-        """(tok, lat) of the slots co-occurrence pairs are built from: every slot but the spill."""
-        n = len(self.tok) - self.spilled
-        return self.tok[:n], self.lat[:n]
+    @property
+    def n_paired(self) -> int:
+        """How many leading slots co-occurrence pairs are built from: every slot but the spill."""
+        return len(self.tok) - self.spilled
 
     def with_offset(self, off: int) -> Firings:
         """The same firings with latent ids shifted by `off` (a dictionary's place on the global axis)."""
@@ -126,8 +128,8 @@ def rows_of_sorted(tok: Tensor, lat: Tensor, val: Tensor, n_tok: int, per_token:
     P, C = per_token, len(tok)
     ok = lat >= 0
     key = torch.where(ok, tok, n_tok)  # padding sorts after every token
-    by_val = stable_order(torch.where(ok, -val.float(), 0.0))  # strongest first; equal values keep latent order
-    order = by_val[stable_order(key[by_val])]  # (token, -value, latent)
+    by_val = stable_argsort(torch.where(ok, -val.float(), 0.0))  # strongest first; equal values keep latent order
+    order = by_val[stable_argsort(key[by_val])]  # (token, -value, latent)
     k_sorted = key[order]
     rank = torch.empty_like(order)
     rank[order] = torch.arange(C, device=tok.device) - torch.searchsorted(k_sorted, k_sorted)
@@ -138,18 +140,13 @@ def rows_of_sorted(tok: Tensor, lat: Tensor, val: Tensor, n_tok: int, per_token:
     v = torch.zeros(n_tok + 1, P + 1, dtype=torch.float32, device=tok.device)
     idx[row, col] = lat.clamp(min=0)
     v[row, col] = torch.where(keep, val.float(), 0.0)
-    if slots == 0:
-        over = (ok & ~keep).sum()
-        return from_rows(idx[:n_tok, :P], v[:n_tok, :P], overflow=over if dropped is None else over + dropped)
-    src, over = pack_slots(ok & ~keep, slots)  # the inputs are in (token, latent) order already
-    got, at = src >= 0, src.clamp(min=0)
-    spill = (torch.where(got, tok[at], 0), torch.where(got, lat[at], -1), torch.where(got, val[at].float(), 0.0))
-    return from_rows(idx[:n_tok, :P], v[:n_tok, :P], overflow=over if dropped is None else over + dropped,
-                     spill=spill)
-
-
-def stable_order(x: Tensor) -> Tensor:
-    return torch.sort(x, stable=True).indices
+    if slots:
+        src, over = pack_slots(ok & ~keep, slots)  # the inputs are in (token, latent) order already
+        got, at = src >= 0, src.clamp(min=0)
+        spill = (torch.where(got, tok[at], 0), torch.where(got, lat[at], -1), torch.where(got, val[at].float(), 0.0))
+    else:
+        over, spill = (ok & ~keep).sum(), None
+    return from_rows(idx[:n_tok, :P], v[:n_tok, :P], overflow=over if dropped is None else over + dropped, spill=spill)
 
 
 def concat(parts: list[Firings]) -> Firings:
@@ -161,12 +158,12 @@ def concat(parts: list[Firings]) -> Firings:
     over = [p.overflow for p in parts if p.overflow is not None]
     over = sum(over) if over else None
     rows = all(p.rows for p in parts)  # the same N tokens: each token's slots side by side, still rows
-    n = (len(parts[0].tok) - parts[0].spilled) // parts[0].per_token if rows else 0
+    n = parts[0].n_paired // parts[0].per_token if rows else 0
 
     def joined(name):
-        head = [getattr(p, name)[:len(p.tok) - p.spilled] for p in parts]
+        head = [getattr(p, name)[:p.n_paired] for p in parts]
         head = torch.cat([h.view(n, p.per_token) for h, p in zip(head, parts)], dim=1).reshape(-1) if rows else torch.cat(head)
-        return torch.cat([head] + [getattr(p, name)[len(p.tok) - p.spilled:] for p in parts])
+        return torch.cat([head] + [getattr(p, name)[p.n_paired:] for p in parts])
 
     return Firings(joined("tok"), joined("lat"), joined("val"), per_token=P, overflow=over, rows=rows,
                    spilled=sum(p.spilled for p in parts))

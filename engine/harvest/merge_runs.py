@@ -189,12 +189,13 @@ def _write_results(state: HarvestState, rc: RunConfig, dest: RunDir, device) -> 
     """components.jsonl, stats, config: the same writer as the harvest, with the run's model and dictionaries."""
     from engine.harvest.dictionaries import load_dictionary
     from engine.harvest.model import load_model
+    from engine.harvest.prepare import randomized
     from engine.harvest.results import build_results
 
     model, tokenizer = load_model(rc.model, torch.device(device), "float32")
     dicts = [load_dictionary(h.dictionary, hookpoint=h.name) for h in rc.hookpoints]
-    if rc.random_dictionary:  # the control's weights, drawn as the harvest drew them (prepare.open_dictionaries)
-        dicts = [d.randomized(rc.seed + i) for i, d in enumerate(dicts)]
+    if rc.random_dictionary:  # the control's weights, drawn as the harvest drew them
+        dicts = randomized(dicts, rc.seed)
     dicts = [d.subset(h.latent_ids or []) for d, h in zip(dicts, rc.hookpoints)]
     store = TokenStore(dest.tokens, rc.n_sequences, rc.context_length, mode="r")
     build_results(state, rc, dicts, tokenizer, store, model, dest)

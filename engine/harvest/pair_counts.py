@@ -32,13 +32,13 @@ from kernels.token_stats import pair_count_update
 
 def on_cpu(counter: PairCounter) -> PairCounter:
     """The counter itself when its tensors are on the CPU, else a CPU copy (for readers that cannot use a GPU)."""
-    names = ("table",) if counter.mode == "dense" else ("keys", "weights", "err")
-    if all(getattr(counter, n).device.type == "cpu" for n in names):
+    tensors = counter.tensors("c")  # the mode's tensors, as checkpoints list them
+    if all(t.device.type == "cpu" for t in tensors.values()):
         return counter
     copy = object.__new__(PairCounter)
     copy.__dict__.update(counter.__dict__)
-    for n in names:
-        setattr(copy, n, getattr(counter, n).cpu())
+    for name, t in tensors.items():
+        setattr(copy, name.rsplit(".", 1)[1], t.cpu())
     return copy
 
 

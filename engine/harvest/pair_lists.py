@@ -66,7 +66,8 @@ def row_lists(counter: PairCounter, rows: list[int], n_i: Tensor, marg: Tensor, 
         r, j = torch.nonzero(keep, as_tuple=True)  # the few entries that can be listed, by (row, entry)
         col = cols[r, j]
         m = marg[col]
-        r, j, col, m = r[m > 0], j[m > 0], col[m > 0], m[m > 0]
+        seen = m > 0  # columns with a marginal
+        r, j, col, m = r[seen], j[seen], col[seen], m[seen]
         joint = w[r, j] / rate
         n = n_i[start : start + step][r]
         ratio_m, ratio_n = joint / m, joint / n

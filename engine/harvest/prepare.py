@@ -16,7 +16,7 @@ from engine.core.errors import UserError
 from engine.core.latents import parse_latents
 from engine.core.rundir import RunDir
 from engine.core.schemas import RunConfig
-from engine.harvest.config import DTYPES, HarvestArgs
+from engine.harvest.config import HarvestArgs
 from engine.harvest.data import TokenStore, dataset_split_used
 from engine.harvest.defaults import DEFAULT_SAE
 from engine.harvest.dictionaries import load_dictionary
@@ -35,7 +35,7 @@ def open_dictionaries(a: HarvestArgs, spd: bool = True) -> tuple[list, list[str]
         dicts = [load_dictionary(p, hookpoint=(a.hookpoints[i] if a.hookpoints and i < len(a.hookpoints) else None),
                                  ci_threshold=a.spd_ci_threshold) for i, p in enumerate(paths)]
     if a.random_dictionary:  # the control: same shapes and norms, random directions (before any --latents subset)
-        dicts = [d.randomized(a.seed + i) for i, d in enumerate(dicts)]
+        dicts = randomized(dicts, a.seed)
     hookpoints = a.hookpoints or [d.hookpoint for d in dicts]
     latent_ids, latent_scores = parse_latents(a.latents or (f"0-{a.max_latents - 1}" if a.max_latents > 0 else ""))
     if latent_ids:
@@ -45,6 +45,11 @@ def open_dictionaries(a: HarvestArgs, spd: bool = True) -> tuple[list, list[str]
     for d in dicts:
         d.firings_per_token = a.firings_per_token
     return dicts, hookpoints, latent_scores
+
+
+def randomized(dicts: list, seed: int) -> list:
+    """The --random-dictionary control of `dicts`: dictionary i's weights drawn with seed + i."""
+    return [d.randomized(seed + i) for i, d in enumerate(dicts)]
 
 
 def open_run(a: HarvestArgs, rank: int = 0) -> RunDir:
@@ -72,7 +77,7 @@ def finish_config(rc: RunConfig, a: HarvestArgs, dicts, latent_scores: dict[int,
     the random control, --latents scores, --sequence-offset, and firings a per-token cap dropped."""
     rc.dataset_name, rc.dataset_split = a.dataset_name or None, dataset_split_used(a.dataset, a.dataset_split)
     rc.random_dictionary = a.random_dictionary
-    rc.dtype = DTYPES.get(str(a.dtype).lower(), str(a.dtype))
+    rc.dtype = a.dtype  # HarvestArgs spells it canonically (float32, bfloat16, float16)
     for h, d in zip(rc.hookpoints, dicts):
         h.revision = d.revision
     if latent_scores:

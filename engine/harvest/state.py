@@ -207,7 +207,7 @@ class HarvestState:
             self.out_tok.add(row[:, None].expand(-1, ids.shape[1]).reshape(-1), ids[tok].reshape(-1), probs[tok].reshape(-1).double())
         if "cooc" in steps:
             tok_loc = (seq_ids[:, None] * S + torch.arange(S, device=seq_ids.device)).reshape(-1) + cfg.seq_offset * S
-            n = len(tok) - firings.spilled  # pairs come from the rows, never the spill (engine.harvest.firings)
+            n = firings.n_paired  # pairs come from the rows, never the spill (engine.harvest.firings)
             self._cooc(tok[:n], torch.where(fire, firings.lat, -1)[:n], N, firings.per_token, firings.rows, tok_loc)
 
     def _counts(self, flat_tokens, flat_valid, row, val, next_mass) -> None:

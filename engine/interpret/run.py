@@ -77,13 +77,18 @@ def run_interpret(run_dir: str | Path, cfg: InterpretConfig, negatives=None, cli
     rc = run.load_config()
     keep = selection(cfg.latents)
     shard = Shard.parse(cfg.shard)
+    contrastive = cfg.explainer == "contrastive" and cfg.uses_llm
+
+    def negative_pool():
+        from engine.interpret.negatives import open_source
+
+        return open_source(run.root, rc, cfg.non_activating, progress=cfg.progress, neighbours=cfg.neighbours)
+
     if cfg.overwrite and not cfg.dry_run:  # everything that can refuse the command runs before anything moves
         if cfg.uses_llm and client is None:
             cfg.make_client()  # a missing key or base URL (opens no connection)
-        if cfg.explainer == "contrastive" and cfg.uses_llm and negatives is None:
-            from engine.interpret.negatives import open_source
-
-            negatives = open_source(run.root, rc, cfg.non_activating, progress=cfg.progress, neighbours=cfg.neighbours)
+        if contrastive and negatives is None:
+            negatives = negative_pool()
         run.set_aside(cfg.overwrite)
     existing = run.read_explanations()
     labels, background = prepare_labels(run, existing)
@@ -100,11 +105,8 @@ def run_interpret(run_dir: str | Path, cfg: InterpretConfig, negatives=None, cli
         counts["too_few_firings"] = few
         print(f"interpret: {few} latents fired fewer than --min-examples {cfg.min_examples} times: harvested, "
               "not explained", file=sys.stderr)
-    contrastive = cfg.explainer == "contrastive" and cfg.uses_llm
     if contrastive and negatives is None and todo:
-        from engine.interpret.negatives import open_source
-
-        negatives = open_source(run.root, rc, cfg.non_activating, progress=cfg.progress, neighbours=cfg.neighbours)
+        negatives = negative_pool()
     inputs = explain_inputs(run, rc, set(todo), background, cfg.split_config(rc.seed),
                             negatives if contrastive else None, cfg.n_non_activating)
     if cfg.dry_run:

@@ -95,17 +95,15 @@ def run_score(run_dir: str | Path, cfg: ScoreRunConfig, negatives=None, client=N
     own_client = client is None and llm_needed
     if own_client:
         client = cfg.make_client(state_dir=run.root)
+    keep, shard = selection(cfg.latents), Shard.parse(cfg.shard)  # a bad --latents or --shard: refused here
     if cfg.overwrite:  # after every check, the negative pool and the client: a refused command moves nothing
-        selection(cfg.latents)  # a bad --latents or --shard is refused here, before anything moves
-        Shard.parse(cfg.shard)
         run.set_aside(cfg.overwrite)
     stopped = None
     try:
         asyncio.run(_score_all(run, rc, cfg, scorers, negatives, client, own_client))
     except ClientStopped as e:  # the client gave up (an outage past the window, a refused key): what was
         stopped = e             # scored is summarised and exported, then run_cli prints the one line, exit 2
-    summary = summarize(run.root, list(scorers), selection(cfg.latents), cfg.score.n_boot, Shard.parse(cfg.shard),
-                        cfg.min_examples)
+    summary = summarize(run.root, list(scorers), keep, cfg.score.n_boot, shard, cfg.min_examples)
     print(format_summary(summary))
     write_exports(run.root)
     if stopped is not None:
