@@ -288,17 +288,21 @@ def window_centre(pos, seq_len: int, window: int, centred: bool = True):
     if centred:
         return pos
     mid = pos // (2 * window + 1) * (2 * window + 1) + window
-    return mid.clamp(max=seq_len - 1) if hasattr(mid, "clamp") else min(mid, seq_len - 1)
+    if hasattr(mid, "clamp"):
+        return mid.clamp(max=seq_len - 1)
+    return np.minimum(mid, seq_len - 1) if isinstance(mid, np.ndarray) else min(mid, seq_len - 1)
 
 
-def window_bounds(pos: int, seq_len: int, window: int, centred: bool = True) -> tuple[int, int]:
-    """[start, end) of an example's window: ±W around the firing clipped to the sequence, or its fixed chunk.
-    Fixed chunks never overlap, so one top example per chunk (the harvest's rule) means disjoint windows."""
+def window_bounds(pos, seq_len: int, window: int, centred: bool = True):
+    """[start, end) of an example's window (int or numpy positions): ±W around the firing clipped to the
+    sequence, or its fixed chunk. Fixed chunks never overlap, so one top example per chunk (the harvest's
+    rule) means disjoint windows."""
+    lo, hi = (np.maximum, np.minimum) if isinstance(pos, np.ndarray) else (max, min)
     if centred:
-        return max(0, pos - window), min(seq_len, pos + window + 1)
+        return lo(0, pos - window), hi(seq_len, pos + window + 1)
     c = 2 * window + 1
     start = pos // c * c
-    return start, min(seq_len, start + c)
+    return start, hi(seq_len, start + c)
 
 
 def overlap_reach(window: int, centred: bool = True) -> int:

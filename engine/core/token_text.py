@@ -34,6 +34,7 @@ class TokenText:
         self._readable = [readable(b) for b in token_bytes]
         self._whole = [_valid(b) for b in token_bytes]  # decodes alone: no character spans into a neighbour
         self._whole_np = np.array(self._whole + [False], dtype=bool)  # the extra entry: ids out of range
+        self._readable_np = np.array(self._readable + [""], dtype=object)
 
     def __len__(self) -> int:
         return len(self.bytes)
@@ -48,6 +49,11 @@ class TokenText:
         """Whether each token id (any shape) is whole characters on its own (valid UTF-8, in range)."""
         n = len(self.bytes)
         return self._whole_np[np.where((ids >= 0) & (ids < n), ids, n)]
+
+    def readable_ids(self, ids: np.ndarray) -> np.ndarray:
+        """`readable` of each token id (any shape; ids out of range give "")."""
+        n = len(self.bytes)
+        return self._readable_np[np.where((ids >= 0) & (ids < n), ids, n)]
 
     def pieces(self, ids: list[int], whole: bool | None = None) -> list[str]:
         """One string per token; their concatenation is the window's bytes decoded as UTF-8.

@@ -38,11 +38,16 @@ def sig(x) -> float:
 
 def _entries(counter: PairCounter, rows: Tensor) -> tuple[Tensor, Tensor]:
     """(columns [R, M] int64, -1 where empty; weights [R, M] float64) of `rows`, on the CPU."""
+    table = counter.table if counter.mode == "dense" else counter.keys
+    if len(rows) and int(rows[-1] - rows[0]) == len(rows) - 1 and bool((rows.diff() == 1).all()):
+        rows = slice(int(rows[0]), int(rows[-1]) + 1)  # consecutive rows: a view, not a copy
+    else:
+        rows = rows.to(table.device)
     if counter.mode == "dense":
-        w = counter.table[rows.to(counter.table.device)].cpu().double()
+        w = counter.table[rows].cpu().double()
         return torch.arange(w.shape[1]).expand_as(w), w
-    keys = counter.keys[rows.to(counter.keys.device)].cpu()
-    return keys, torch.where(keys >= 0, counter.weights[rows.to(keys.device)].cpu().double(), 0.0)
+    keys = counter.keys[rows].cpu()
+    return keys, torch.where(keys >= 0, counter.weights[rows].cpu().double(), 0.0)
 
 
 def row_lists(counter: PairCounter, rows: list[int], n_i: Tensor, marg: Tensor, N: float,
@@ -52,51 +57,52 @@ def row_lists(counter: PairCounter, rows: list[int], n_i: Tensor, marg: Tensor, 
 
     n_i [len(rows)] firings of each row; marg [columns] column marginals; exclude [len(rows)] a column
     left out of each row (a latent's own co-firing), or None; rate < 1: counts of a position sample
-    (engine.harvest.subsample), scaled here by 1 / rate (min_count applies to the sampled count)."""
+    (engine.harvest.subsample), scaled here by 1 / rate (min_count applies to the sampled count).
+
+    Per chunk and list: one top-k of the chunk's [R, M] values bounds every row's list, one sort orders
+    the entries reaching the bound, and only the listed entries become Scored."""
     marg = marg.cpu().double()
     n_i = n_i.cpu().double()
-    width = counter.table.shape[1] if counter.mode == "dense" else counter.slots
+    dense = counter.mode == "dense"
+    width = counter.table.shape[1] if dense else counter.slots
     step = max(1, CHUNK_ENTRIES // max(width, 1))
     for start in range(0, len(rows), step):
         at = torch.tensor(rows[start : start + step], dtype=torch.int64)
         cols, w = _entries(counter, at)  # [R, M]
-        keep = (cols >= 0) & (w >= min_count)
+        R, M = w.shape
+        keep = w >= min_count if dense else (cols >= 0) & (w >= min_count)
         if exclude is not None:
             keep &= cols != exclude[start : start + step, None].cpu()
-        r, j = torch.nonzero(keep, as_tuple=True)  # the few entries that can be listed, by (row, entry)
-        col = cols[r, j]
-        m = marg[col]
-        seen = m > 0  # columns with a marginal
-        r, j, col, m = r[seen], j[seen], col[seen], m[seen]
-        joint = w[r, j] / rate
-        n = n_i[start : start + step][r]
+        flat = torch.nonzero(keep.view(-1)).squeeze(1)  # the few entries that can be listed, by (row, entry)
+        col = flat % M if dense else cols.view(-1)[flat]
+        seen = marg[col] > 0  # columns with a marginal
+        flat, col = flat[seen], col[seen]
+        r, j = flat // M, flat % M
+        m, n, joint = marg[col], n_i[start : start + step][r], w.view(-1)[flat] / rate
         ratio_m, ratio_n = joint / m, joint / n
         value = {"precision": ratio_n if jaccard else ratio_m, "recall": ratio_m if jaccard else ratio_n,
                  "pmi": torch.log(joint * N / (n * m))}
         if jaccard:
             value["jaccard"] = joint / (n + m - joint)
-        R = len(at)
-        grid = torch.full(cols.shape, -torch.inf, dtype=torch.float64)  # [R, M] one metric at a time
+        grid = torch.full((R * M,), -torch.inf, dtype=torch.float64)  # [R M] one list at a time
         lists = {}
         for name, v in value.items():
-            grid[r, j] = v  # each row's top_n-th value bounds its list; only entries reaching it are ranked
-            bound = grid.topk(min(top_n, grid.shape[1]), dim=1).values[:, -1]  # [R] (-inf: fewer entries)
-            cand = torch.nonzero(v >= bound[r]).squeeze(1).numpy()  # ties at the bound included
-            pick = _top(r.numpy()[cand], j.numpy()[cand], v.numpy()[cand], R, top_n)
-            lists[name] = [cand[p].tolist() for p in pick]
-            grid[r, j] = -torch.inf
-        col_l, joint_l = col.tolist(), joint.tolist()
-        v_l = {name: v.tolist() for name, v in value.items()}
+            grid[flat] = v  # each row's top_n-th value bounds its list; only entries reaching it are sorted
+            bound = grid.view(R, M).topk(min(top_n, M), dim=1).values[:, -1]  # [R] (-inf: fewer entries)
+            grid[flat] = -torch.inf
+            e = _top(torch.nonzero(v >= bound[r]).squeeze(1), r, j, v, top_n)  # ties at the bound included
+            pairs = zip(col[e].tolist(), v[e].tolist(), joint[e].tolist())  # the listed entries, row by row
+            lists[name] = ([Scored(names(c), c, sig(x), sig(y)) for c, x, y in pairs],
+                           torch.searchsorted(r[e], torch.arange(R + 1)).tolist())
         for row in range(R):
-            yield {name: [Scored(names(col_l[e]), col_l[e], sig(v_l[name][e]), sig(joint_l[e])) for e in picks[row]]
-                   for name, picks in lists.items()}
+            yield {name: flat_l[b[row] : b[row + 1]] for name, (flat_l, b) in lists.items()}
 
 
-def _top(r: np.ndarray, j: np.ndarray, v: np.ndarray, R: int, top_n: int) -> list[np.ndarray]:
-    """Per row of R: the positions (into r, j, v) of its top_n largest v, ties by entry j."""
-    order = np.lexsort((j, -v, r))  # by row, then value descending, then entry
-    rs = r[order]
-    rank = np.arange(len(rs)) - np.searchsorted(rs, rs)
-    order, rs = order[rank < top_n], rs[rank < top_n]
-    bounds = np.searchsorted(rs, np.arange(R + 1))
-    return [order[bounds[i] : bounds[i + 1]] for i in range(R)]
+def _top(cand: Tensor, r: Tensor, j: Tensor, key: Tensor, top_n: int) -> Tensor:
+    """Of the entries `cand` (positions into r, j, key), each row's top_n largest key, row by row, largest
+    first, ties by entry j."""
+    order = torch.from_numpy(np.lexsort((j[cand].numpy(), -key[cand].numpy(), r[cand].numpy())))
+    cand = cand[order]
+    rc = r[cand]
+    rank = torch.arange(len(rc)) - torch.searchsorted(rc, rc)
+    return cand[rank < top_n]

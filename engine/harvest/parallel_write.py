@@ -7,7 +7,7 @@ With workers > 1 the items are cut into `workers` contiguous chunks: workers - 1
 children write chunks 1.. to part files while this process writes chunk 0, then the parts
 are appended in order, so the file is byte-identical to a serial write. Writing a latent's
 line is Python-bound (its example windows decoded to text, its ranked lists), so a results
-phase of 1,024 latents took 1.8 s on one core; at 131k latents it would take minutes.
+phase of 1,024 latents takes 1.1-1.3 s on one core; at 131k latents it would take minutes.
 
 Children follow the rule PyTorch's DataLoader workers follow after a fork: torch on one
 thread, CPU tensors only (the caller hands them nothing on a GPU). A child that fails or is

@@ -27,7 +27,8 @@ def _loop(cols, w, n_i, marg, N, jaccard, rate, exclude, top_n=3, min_count=2):
 
 @pytest.mark.parametrize("chunk", [1 << 22, 7], ids=["one chunk", "rows in chunks of 1"])
 @pytest.mark.parametrize("mode", ["dense", "sketch"])
-def test_row_lists_equal_the_loop(mode, chunk, monkeypatch):
+@pytest.mark.parametrize("asked", [[8, 0, 3, 3, 5], [2, 3, 4, 5, 6, 7]], ids=["any order, repeats", "consecutive"])
+def test_row_lists_equal_the_loop(mode, chunk, asked, monkeypatch):
     monkeypatch.setattr(pl, "CHUNK_ENTRIES", chunk)
     g = torch.Generator().manual_seed(0)
     R, V = 9, 6
@@ -38,7 +39,6 @@ def test_row_lists_equal_the_loop(mode, chunk, monkeypatch):
     marg = torch.tensor([300.0, 0.0, 120.0, 500.0, 90.0, 410.0])  # column 1 has no marginal: never listed
     n_i = torch.arange(200.0, 200.0 + R)
     exclude = torch.tensor([2, -1, 0, 3, 3, 5, -1, 4, 1])
-    asked = [8, 0, 3, 3, 5]  # any order, repeats allowed
     for jaccard, rate in ((False, 1.0), (True, 0.25)):
         got = list(pl.row_lists(pc, asked, n_i[asked], marg, 500.0, str, jaccard=jaccard, rate=rate,
                                 exclude=exclude[asked], top_n=3))
