@@ -4,7 +4,10 @@ A request body is built from the capabilities at the moment it is sent, so a
 drop learned from one refusal applies to every request still queued, to every
 retry and to Message Batches submitted later. Learned facts are persisted in
 the run folder (`capabilities.json`, msgspec JSON: model id -> `ModelCaps`),
-so the next process starts from them instead of failing once more.
+so the next process starts from them instead of failing once more. Facts only
+accumulate (a field dropped, a format refused), so a save merges what this
+process learned with what the file holds, under an exclusive lock: shards of
+one run learning at the same time lose none of each other's facts.
 
 Known models (sources in README.md, "LLM clients"):
   * Claude models from 4.7 on reject `temperature`, `top_p` and `top_k` with a
@@ -17,6 +20,7 @@ Known models (sources in README.md, "LLM clients"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -68,8 +72,7 @@ class CapabilityStore:
         self.caps = known(model)
         saved = self._read().get(model)
         if saved is not None:
-            self.caps = ModelCaps(drop=sorted(set(self.caps.drop) | set(saved.drop)),
-                                  response_format=saved.response_format, refused_formats=saved.refused_formats)
+            self.caps = merged(self.caps, saved)
 
     def drops(self, field: str) -> bool:
         return field in self.caps.drop
@@ -107,14 +110,40 @@ class CapabilityStore:
             return {}
 
     def _save(self) -> None:
+        """Merge this process's facts into the file (read, merge, replace), holding the file's lock."""
         if self.path is None:
             return
-        table = self._read()
-        table[self.model] = self.caps
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(table)))
-        os.replace(tmp, self.path)
+        with _locked(self.path.with_name(self.path.name + ".lock")):
+            table = self._read()
+            self.caps = table[self.model] = merged(self.caps, table[self.model]) if self.model in table else self.caps
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(msgspec.json.format(msgspec.json.encode(table)))
+            os.replace(tmp, self.path)
+
+
+def merged(a: ModelCaps, b: ModelCaps) -> ModelCaps:
+    """Everything either record learned: the union of dropped fields and refused formats, and the first
+    structured-output shape neither refused (the last one when both are refused)."""
+    refused = [f for f in FORMATS if f in a.refused_formats or f in b.refused_formats]
+    fmt = next((f for f in FORMATS if f not in refused), FORMATS[-1])
+    return ModelCaps(drop=sorted(set(a.drop) | set(b.drop)), response_format=fmt, refused_formats=refused)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock (flock) on `path` while the block runs; no lock where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one process per run folder is assumed
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 _PARAM = re.compile(r"\b(temperature|top_p|top_k)\b")

@@ -14,7 +14,8 @@
     RUN/scores/summary.json          pooled metrics
     RUN/report/                      the static site (engine.report)
     RUN/replaced-<time>/             what --overwrite moved aside
-    RUN/capabilities.json            what the LLM clients learned a model refuses (clients/capabilities.py)
+    RUN/capabilities.json            what the LLM clients learned a model refuses (clients/capabilities.py),
+                                     + .lock, held while a process merges its facts in
 
 No other module spells these names: they ask a `RunDir`. Files that are rewritten
 whole go through `replacing` / `write_atomic` (temp file beside the target, fsync,

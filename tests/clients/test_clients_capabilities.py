@@ -162,3 +162,38 @@ def test_server_refusing_every_format_stops_at_once_with_its_message(tmp_path):
     message = str(stopped)
     assert "unsupported_request" in message and "response_format is not supported by this backend" in message
     assert len(server.requests_seen) <= 4, "both shapes tried once (plus what was in flight), nothing retried"
+
+
+def _learn_many(state_dir, who: int, start, n: int) -> None:
+    """One shard's client: its store opened before any other saved, then n facts learned one save at a time."""
+    from clients.capabilities import CapabilityStore
+
+    store = CapabilityStore("shared-model", state_dir)
+    start.wait()
+    for i in range(n):
+        store.learn_drop(f"field_{who}_{i}")
+    if who == 0:
+        store.learn_format_refused("json_schema")
+
+
+def test_shards_learning_at_once_lose_none_of_each_others_facts(tmp_path):
+    """Four processes share one run folder and save 25 facts each at the same time: the file ends with all 100
+    and the refused format, and a client opened afterwards starts from every one of them."""
+    import multiprocessing
+
+    from clients.capabilities import CapabilityStore
+
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(4)
+    procs = [ctx.Process(target=_learn_many, args=(tmp_path, w, start, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    saved = json.loads((tmp_path / FILE).read_text())["shared-model"]
+    assert sorted(saved["drop"]) == sorted(f"field_{w}_{i}" for w in range(4) for i in range(25))
+    assert saved["refused_formats"] == ["json_schema"] and saved["response_format"] == "json_object"
+    later = CapabilityStore("shared-model", tmp_path)
+    assert later.drops("field_3_24") and later.caps.response_format == "json_object"
+    assert not list(tmp_path.glob("*.tmp"))  # every process's temporary file was renamed into place
