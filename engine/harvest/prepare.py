@@ -2,6 +2,7 @@
 
     dicts, hookpoints, latent_scores = open_dictionaries(a)   # files or names, --random-dictionary, --latents
     run = open_run(a)                                         # --overwrite sets the old outputs aside
+    close_bar(bar)                                            # the loop's progress bar, full when the data ran out
     store = trim_tokens(run, store, done)                     # a dataset that ended early
     finish_config(rc, a, dicts, latent_scores, state)         # what config.json records beyond run_config
     report_overflow(a, state)                                 # firings a per-token cap dropped
@@ -58,6 +59,15 @@ def open_run(a: HarvestArgs, rank: int = 0) -> RunDir:
     if a.overwrite and rank == 0:
         run.set_aside(a.overwrite)
     return run
+
+
+def close_bar(bar) -> None:
+    """Close the harvest's progress bar after a finished loop; a dataset that ended early (trim_tokens says
+    where) leaves it full at the tokens there were, not stopped short of a total it never reaches."""
+    if bar.total and bar.n < bar.total:
+        bar.total = bar.n
+        bar.refresh()
+    bar.close()
 
 
 def trim_tokens(run: RunDir, store: TokenStore, done_seqs: int) -> TokenStore:

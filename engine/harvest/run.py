@@ -48,7 +48,7 @@ from engine.harvest.distributed import init_from_env, merge_across_ranks
 from engine.harvest.harvester import Harvester
 from engine.harvest.memory import describe
 from engine.harvest.model import load_model, pick_device
-from engine.harvest.prepare import finish_config, open_dictionaries, open_run, report_overflow, trim_tokens
+from engine.harvest.prepare import close_bar, finish_config, open_dictionaries, open_run, report_overflow, trim_tokens
 from engine.harvest.results import build_results, run_config
 from engine.harvest.sources import HookedModel
 from engine.harvest.state import HarvestState
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise
     finally:
         feed.close()
-    bar.close()
+    close_bar(bar)
     if done_seqs == 0:
         raise UserError(f"dataset {a.dataset} produced no full sequence of {S} tokens -- use more text or a shorter --context-length")
     store.flush()

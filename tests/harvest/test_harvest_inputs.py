@@ -69,7 +69,10 @@ def test_short_dataset_trims_the_token_store_and_windows_decode_whole(tmp_path, 
                               for i in range(40)), encoding="utf-8")
     out = tmp_path / "run"
     harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--dataset", str(text), "--out", str(out), *SMALL, "--n-batches", "500"])
-    assert "harvest: state " in capsys.readouterr().err  # the memory cost, printed before the harvest
+    err = capsys.readouterr().err
+    assert "harvest: state " in err  # the memory cost, printed before the harvest
+    bar = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("harvest:") and "tok/s" in line]
+    assert "100%" in bar[-1] and "ended after" in err  # the bar ends full at the tokens there were, and says why
     rc = msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig)
     assert 0 < rc.n_sequences < 1000  # the text ran out long before 500 batches of 2
     tokens = np.fromfile(out / "harvest" / "tokens.bin", dtype=np.int32)

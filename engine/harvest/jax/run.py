@@ -34,7 +34,7 @@ from engine.harvest.jax.forward import forward
 from engine.harvest.jax.mesh import MeshHarvest, pick_devices
 from engine.harvest.jax.weights import LensView, capture_point, load_params, meta_model, model_spec, rope_tables, sites
 from engine.harvest.memory import describe
-from engine.harvest.prepare import finish_config, open_dictionaries, open_run, report_overflow, trim_tokens
+from engine.harvest.prepare import close_bar, finish_config, open_dictionaries, open_run, report_overflow, trim_tokens
 from engine.harvest.results import build_results, run_config
 from engine.harvest.state import HarvestState
 
@@ -131,7 +131,7 @@ def main(a: HarvestArgs, devices: list | None = None) -> Path:
             store.flush()
             h.merged().save(ckpt, meta())
         raise
-    bar.close()
+    close_bar(bar)
     if done == 0:
         raise UserError(f"dataset {a.dataset} produced no full sequence of {S} tokens -- use more text or a shorter --context-length")
     store.flush()
