@@ -182,8 +182,9 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, s
 @contextlib.contextmanager
 def gc_paused():
     """The cyclic garbage collector off while results are built: they are millions of lists and structs without
-    cycles (freed by reference counts), whose allocations would otherwise start hundreds of full collections of
-    every object the process holds (model, tokenizer, torch): 1.5 s of a 3.9 s write, measured."""
+    cycles (freed by reference counts), whose allocations would otherwise start hundreds of collections, the
+    oldest generation's walking every object the process holds (model, tokenizer, torch): 1.5 s of a 3.9 s
+    write, measured with the windows of 512 latents built at once."""
     was = gc.isenabled()
     gc.disable()
     try:
