@@ -198,6 +198,8 @@ class RunConfig(msgspec.Struct, kw_only=True):
     "The dictionaries' weights were replaced by random ones (--random-dictionary): a control run."
     dtype: str = "float32"
     "The model's dtype during the harvest (--dtype; runs before it was recorded read as float32)."
+    spd_ci_threshold: float = 0.0
+    "SPD runs: the causal importance a component had to exceed to fire (--spd-ci-threshold)."
     extra: dict[str, Any] = {}
 
 

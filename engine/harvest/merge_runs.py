@@ -43,7 +43,7 @@ from engine.harvest.state import HarvestState
 
 SAME = ("model", "model_class", "dataset_column", "context_length", "hookpoints", "n_latents", "top_k", "n_random",
         "window", "center_examples", "top_chunk", "histogram_edges", "filter_bos", "output_stats", "seed", "backend",
-        "random_dictionary", "dtype")
+        "random_dictionary", "dtype", "spd_ci_threshold")
 "RunConfig fields that must agree for runs to merge."
 
 
@@ -187,16 +187,12 @@ def merge_runs(paths: list[str | Path], out: str | Path, device="cpu") -> Path:
 
 def _write_results(state: HarvestState, rc: RunConfig, dest: RunDir, device) -> None:
     """components.jsonl, stats, config: the same writer as the harvest, with the run's model and dictionaries."""
-    from engine.harvest.dictionaries import load_dictionary
     from engine.harvest.model import load_model
-    from engine.harvest.prepare import randomized
+    from engine.harvest.prepare import run_dictionaries
     from engine.harvest.results import build_results
 
-    model, tokenizer = load_model(rc.model, torch.device(device), "float32")
-    dicts = [load_dictionary(h.dictionary, hookpoint=h.name) for h in rc.hookpoints]
-    if rc.random_dictionary:  # the control's weights, drawn as the harvest drew them
-        dicts = randomized(dicts, rc.seed)
-    dicts = [d.subset(h.latent_ids or []) for d, h in zip(dicts, rc.hookpoints)]
+    model, tokenizer = load_model(rc.model, torch.device(device), rc.dtype)
+    dicts = run_dictionaries(rc)
     store = TokenStore(dest.tokens, rc.n_sequences, rc.context_length, mode="r")
     build_results(state, rc, dicts, tokenizer, store, model, dest)
 

@@ -1,6 +1,7 @@
 """What every harvest backend does before and after its loop (engine.harvest.run, engine.harvest.jax.run).
 
     dicts, hookpoints, latent_scores = open_dictionaries(a)   # files or names, --random-dictionary, --latents
+    dicts = run_dictionaries(rc)                              # the same, again, from a finished run's config.json
     run = open_run(a)                                         # --overwrite sets the old outputs aside
     close_bar(bar)                                            # the loop's progress bar, full when the data ran out
     store = trim_tokens(run, store, done)                     # a dataset that ended early
@@ -48,6 +49,21 @@ def open_dictionaries(a: HarvestArgs, spd: bool = True) -> tuple[list, list[str]
     return dicts, hookpoints, latent_scores
 
 
+def run_dictionaries(rc: RunConfig) -> list:
+    """A finished run's dictionaries as its harvest encoded with them (merge, replay): each hookpoint's read
+    again (one read of an SPD run for all its modules), SPD's CI threshold, the random control redrawn by the
+    harvest's seed rule, and the --latents subset."""
+    paths = [h.dictionary for h in rc.hookpoints]
+    thr = rc.spd_ci_threshold
+    if len(set(paths)) == 1 and is_spd_run(paths[0]):
+        dicts = load_spd_modules(paths[0], [h.name for h in rc.hookpoints], thr)
+    else:
+        dicts = [load_dictionary(h.dictionary, hookpoint=h.name, ci_threshold=thr) for h in rc.hookpoints]
+    if rc.random_dictionary:
+        dicts = randomized(dicts, rc.seed)
+    return [d.subset(h.latent_ids or []) for d, h in zip(dicts, rc.hookpoints)]
+
+
 def randomized(dicts: list, seed: int) -> list:
     """The --random-dictionary control of `dicts`: dictionary i's weights drawn with seed + i."""
     return [d.randomized(seed + i) for i, d in enumerate(dicts)]
@@ -88,6 +104,7 @@ def finish_config(rc: RunConfig, a: HarvestArgs, dicts, latent_scores: dict[int,
     rc.dataset_name, rc.dataset_split = a.dataset_name or None, dataset_split_used(a.dataset, a.dataset_split)
     rc.random_dictionary = a.random_dictionary
     rc.dtype = a.dtype  # HarvestArgs spells it canonically (float32, bfloat16, float16)
+    rc.spd_ci_threshold = a.spd_ci_threshold
     for h, d in zip(rc.hookpoints, dicts):
         h.revision = d.revision
     if latent_scores:

@@ -24,17 +24,17 @@ from torch import Tensor
 from engine.core.rundir import RunDir
 from engine.core.schemas import RunConfig
 from engine.harvest.data import TokenStore
-from engine.harvest.dictionaries import load_dictionary
 from engine.harvest.sources import HookedModel
 
 
 class Replayer:
     def __init__(self, rc: RunConfig, run_dir: Path, device="cpu", batch_size: int = 16):
         from engine.harvest.model import load_model
+        from engine.harvest.prepare import run_dictionaries
 
         self.rc, self.device, self.batch_size = rc, torch.device(device), batch_size
-        self.model, self.tokenizer = load_model(rc.model, self.device, "float32")
-        self.dicts = [load_dictionary(h.dictionary, hookpoint=h.name).subset(h.latent_ids or []).to(self.device) for h in rc.hookpoints]
+        self.model, self.tokenizer = load_model(rc.model, self.device, rc.dtype)  # the harvest's model and
+        self.dicts = [d.to(self.device) for d in run_dictionaries(rc)]                # dictionaries, as it ran them
         self.hooked = HookedModel(self.model, [h.name for h in rc.hookpoints], read_input=[d.transcoder for d in self.dicts])
         self.store = TokenStore(RunDir(run_dir).tokens, rc.n_sequences, rc.context_length, mode="r")
 
