@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from clients.keys import read_key
     from clients.ledger import CostLedger
     from clients.openai_compat import OpenAIWire
-    from clients.runner import RunSummary, run_requests
+    from clients.runner import RunSummary, run_requests, until_stopped
     from clients.usage import Usage
 
 _HOMES = {
@@ -43,7 +43,7 @@ _HOMES = {
     "read_key": "keys",
     "CostLedger": "ledger",
     "OpenAIWire": "openai_compat",
-    "RunSummary": "runner", "run_requests": "runner",
+    "RunSummary": "runner", "run_requests": "runner", "until_stopped": "runner",
     "Usage": "usage",
 }
 "Public name -> the clients module that defines it."
@@ -51,7 +51,7 @@ _HOMES = {
 __all__ = [
     "ERROR_CODES", "PROVIDERS", "AdaptivePolicy", "CircuitPolicy", "Client", "ClientConfigError", "ClientStopped",
     "CompletionRequest", "CompletionResponse", "CostLedger", "HTTPClient", "ModelPrice", "Prices", "RetryPolicy",
-    "RunSummary", "Timeouts", "Usage", "make_client", "run_requests",
+    "RunSummary", "Timeouts", "Usage", "make_client", "run_requests", "until_stopped",
 ]
 
 

@@ -11,6 +11,11 @@ sending (`client.stopped`: an outage past the breaker's window, a fatal
 error), `ClientStopped` is raised after the last response was handed over,
 with the reason, the last server message and the count not sent, so a
 command line ends with that one line and a non-zero exit status.
+
+`until_stopped(client, requests)` wraps a lazy source so that nothing more is
+built once the client has stopped (a command's prompts, its replayed windows):
+the requests never pulled get no response, and when `total` is given the
+message counts them as not sent.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 
 import msgspec
 from tqdm import tqdm
@@ -99,11 +104,22 @@ async def run_requests(client: Client, requests: Iterable[CompletionRequest] | A
         bar.close()
     stopped = getattr(client, "stopped", None)
     if stopped and raise_on_stop:
-        raise ClientStopped(f"{desc}: the client stopped: {stopped}; {not_sent} of {completed} requests not sent"
-                            f" (failures: {_codes(failures)}) -- rerun the same command to continue",
-                            not_sent=not_sent)
+        unbuilt = max(0, total - completed) if total is not None else 0  # left in the source (until_stopped)
+        raise ClientStopped(f"{desc}: the client stopped: {stopped}; {not_sent + unbuilt} of {completed + unbuilt} "
+                            f"requests not sent (failures: {_codes(failures)}) -- rerun the same command to continue",
+                            not_sent=not_sent + unbuilt)
     return RunSummary(completed=completed, succeeded=succeeded, failures=dict(failures), cost_usd=cost,
                       wall_s=loop.time() - started)
+
+
+def until_stopped(client: Client, requests: Iterable[CompletionRequest]) -> Iterator[CompletionRequest]:
+    """`requests`, pulled one at a time while `client` still sends: once it stopped, the rest are not built."""
+    it = iter(requests)
+    while not getattr(client, "stopped", None):
+        request = next(it, None)
+        if request is None:
+            return
+        yield request
 
 
 def _codes(failures: Counter[str]) -> str:

@@ -135,7 +135,7 @@ def run_interpret(run_dir: str | Path, cfg: InterpretConfig, negatives=None, cli
 
 async def _run_llm(run: RunDir, rc: RunConfig, cfg: InterpretConfig, inputs, labels: Labels, total: int,
                    out: Path, counts: Counter, client) -> None:
-    from clients import run_requests
+    from clients import run_requests, until_stopped
 
     if cfg.batch and cfg.provider != "anthropic":
         raise UserError("--batch needs --provider anthropic (Message Batches)")
@@ -175,7 +175,8 @@ async def _run_llm(run: RunDir, rc: RunConfig, cfg: InterpretConfig, inputs, lab
                 await run_batches(client, list(requests()), on_result, state_path=run.batches(Shard.parse(cfg.shard)),
                                   policy=BatchPolicy(poll_interval_s=cfg.batch_poll_s), progress=cfg.progress)
             else:
-                await run_requests(client, requests(), on_result, progress=cfg.progress, total=total, desc="explain")
+                await run_requests(client, until_stopped(client, requests()), on_result, progress=cfg.progress,
+                                   total=total, desc="explain")  # a stopped client: the rest stay unbuilt
         except ClientStopped as e:
             stopped = e
         finally:

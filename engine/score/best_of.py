@@ -42,7 +42,7 @@ CANDIDATE_MAX_TOKENS = 1024
 
 async def best_of_n(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negatives, client, owned) -> None:
     """Generate cfg.best_of explanations per latent, keep the best on a selection half of the held-out set."""
-    from clients import run_requests
+    from clients import run_requests, until_stopped
 
     judge_name = next((n for n, s in scorers.items() if s.llm), "detection")
     judge = registry(cfg.score)[judge_name]
@@ -74,7 +74,8 @@ async def best_of_n(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negativ
         if e.error is None:
             got.setdefault(latent, []).append(e)
 
-    await run_requests(client, explain_requests(), on_explanation, progress=cfg.progress, desc="best-of explain")
+    await run_requests(client, until_stopped(client, explain_requests()), on_explanation, progress=cfg.progress,
+                       desc="best-of explain")
 
     # selection: half of the held-out activating windows and of the negatives, per latent
     chosen_sets: dict[int, tuple[ScoreItem, list[str]]] = {}
@@ -108,7 +109,8 @@ async def best_of_n(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negativ
         answers[(latent, k)][j] = response
         add_usage(got[latent][k].usage, response.usage)
 
-    await run_requests(client, select_requests(), on_judgement, progress=cfg.progress, desc="best-of select")
+    await run_requests(client, until_stopped(client, select_requests()), on_judgement, progress=cfg.progress,
+                       desc="best-of select")
     with JsonlAppender(run.explanations(Shard.parse(cfg.shard)), Explanation) as log:
         for latent, cands in got.items():
             item, selection_ids = chosen_sets[latent]

@@ -191,9 +191,9 @@ async def _score_pass(run: RunDir, rc, cfg: ScoreRunConfig, scorers: dict, negat
             for _ in items():
                 raise AssertionError("an LLM scorer ran without a client")
         else:
-            from clients import run_requests
+            from clients import run_requests, until_stopped
 
-            await run_requests(client, items(), on_result, progress=cfg.progress, desc="score")
+            await run_requests(client, until_stopped(client, items()), on_result, progress=cfg.progress, desc="score")
     finally:
         for res, det in writers.values():
             res.close()

@@ -225,3 +225,25 @@ def test_anthropic_batch_mode(run, monkeypatch):
     assert sorted(r.latent for r in recs) == list(range(run.n_latents))
     assert all(r.label == f"the word {TRIGGERS[r.latent].strip()}" and r.model == "claude-haiku-4-5" for r in recs)
     assert "test-key-0123456789" not in (run.dir / "interpretations" / "results.jsonl").read_text()
+
+
+def test_a_stopped_client_leaves_the_remaining_prompts_unbuilt(tmp_path, monkeypatch):
+    """A refused key stops the client at its first reply: the prompts (and windows) of the latents after the
+    requests already pulled are never built, the message counts all but the one refused request as not sent,
+    and nothing is written, so a rerun sends them all."""
+    import engine.interpret.run as interpret_run
+    from clients.errors import ClientStopped
+
+    big = write_run(tmp_path / "big", n_latents=16)
+    built = []
+    real = interpret_run.explain_prompt
+    monkeypatch.setattr(interpret_run, "explain_prompt", lambda *a, **k: built.append(1) or real(*a, **k))
+    server = FakeLLMServer(responder=explainer, faults=[Fault.http(401, times=0)]).start_in_thread()
+    try:
+        with pytest.raises(ClientStopped) as stop:
+            run_interpret(big.dir, llm_cfg(server, max_concurrent=1))
+    finally:
+        server.stop()
+    assert 1 <= len(built) <= 4 * 1 + 1 < big.n_latents  # the runner's window (4 x concurrency), not every latent
+    assert f"{big.n_latents - 1} of {big.n_latents} requests not sent" in str(stop.value)  # one went, refused
+    assert results(big.dir) == []
