@@ -22,6 +22,7 @@ from engine.harvest.config import HarvestArgs
 from engine.harvest.data import TokenStore, dataset_split_used
 from engine.harvest.defaults import DEFAULT_SAE
 from engine.harvest.dictionaries import load_dictionary
+from engine.harvest.dictionaries.hub import pinned
 from engine.harvest.dictionaries.spd import is_spd_run, load_spd_modules
 
 
@@ -51,14 +52,16 @@ def open_dictionaries(a: HarvestArgs, spd: bool = True) -> tuple[list, list[str]
 
 def run_dictionaries(rc: RunConfig) -> list:
     """A finished run's dictionaries as its harvest encoded with them (merge, replay): each hookpoint's read
-    again (one read of an SPD run for all its modules), SPD's CI threshold, the random control redrawn by the
-    harvest's seed rule, and the --latents subset."""
+    again (one read of an SPD run for all its modules; a hub repo at its recorded commit), SPD's CI threshold,
+    the random control redrawn by the harvest's seed rule, and the --latents subset. Not replayed: a per-token
+    cap's dropped firings (replay encodes densely)."""
     paths = [h.dictionary for h in rc.hookpoints]
     thr = rc.spd_ci_threshold
     if len(set(paths)) == 1 and is_spd_run(paths[0]):
         dicts = load_spd_modules(paths[0], [h.name for h in rc.hookpoints], thr)
     else:
-        dicts = [load_dictionary(h.dictionary, hookpoint=h.name, ci_threshold=thr) for h in rc.hookpoints]
+        dicts = [load_dictionary(pinned(h.dictionary, h.revision), hookpoint=h.name, ci_threshold=thr)
+                 for h in rc.hookpoints]  # a hub repo at the commit the harvest read
     if rc.random_dictionary:
         dicts = randomized(dicts, rc.seed)
     return [d.subset(h.latent_ids or []) for d, h in zip(dicts, rc.hookpoints)]
@@ -104,7 +107,7 @@ def finish_config(rc: RunConfig, a: HarvestArgs, dicts, latent_scores: dict[int,
     rc.dataset_name, rc.dataset_split = a.dataset_name or None, dataset_split_used(a.dataset, a.dataset_split)
     rc.random_dictionary = a.random_dictionary
     rc.dtype = a.dtype  # HarvestArgs spells it canonically (float32, bfloat16, float16)
-    rc.spd_ci_threshold = a.spd_ci_threshold
+    rc.spd_ci_threshold = a.spd_ci_threshold if any(d.kind.startswith("spd") for d in dicts) else 0.0  # no effect else
     for h, d in zip(rc.hookpoints, dicts):
         h.revision = d.revision
     if latent_scores:

@@ -52,8 +52,8 @@ TOP_N = 10
 "Entries of each ranked list."
 MIN_COUNT = 2
 "Smallest joint count a list entry may have."
-EXAMPLE_ROWS = 512
-"Latents whose example windows are built together (each one's K + R windows of 2W + 1 tokens)."
+EXAMPLE_CELLS = 1 << 20
+"Window cells (latents x (K + R) examples x (2W + 1) tokens) built together: 512 latents at the defaults."
 
 
 def run_config(a, model, dicts, sites, cfg: StateConfig, n_seq: int, n_tokens: int, version: str) -> RunConfig:
@@ -140,9 +140,10 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, s
         outs = row_lists(out_tok, rows, n_fired, s["out_total"], N, vocab_str.__getitem__, **sizes) if out_tok else None
         cos = row_lists(cooc_rows, rows, n_fired, count.double(), N, keys.__getitem__, jaccard=True, rate=rate,
                         exclude=lats, **sizes)
+        block = max(1, EXAMPLE_CELLS // (max(1, cfg.top_k + cfg.n_random) * (2 * cfg.window + 1)))
         for k, row in enumerate(rows):
-            if k % EXAMPLE_ROWS == 0:  # the next rows' examples, all at once
-                at = torch.tensor(rows[k : k + EXAMPLE_ROWS], dtype=torch.int64)
+            if k % block == 0:  # the next rows' examples, all at once (memory bounded by EXAMPLE_CELLS)
+                at = torch.tensor(rows[k : k + block], dtype=torch.int64)
                 tops, rands = (example_lists(s[f"{p}_loc"][at], s[f"{p}_val"][at], s[f"{p}_win"][at], store, cfg.window,
                                              tt, source, cfg.center_examples) for p, source in (("top", "top"), ("res", "random")))
             lat = lo + row  # global latent index; `row` indexes this state's tensors
@@ -166,7 +167,7 @@ def write_components(state: HarvestState, rc: RunConfig, dicts, tt: TokenText, s
                 firing_count=int(n_i), firing_density=n_i / N if N else 0.0,
                 mean_activation=float(s["act_sum"][row]) / n_i, max_activation=float(s["act_max"][row]),
                 histogram=s["hist"][row].tolist(),
-                top_examples=tops[k % EXAMPLE_ROWS], random_examples=rands[k % EXAMPLE_ROWS],
+                top_examples=tops[k % block], random_examples=rands[k % block],
                 input_token_stats=in_stats, output_token_stats=out_stats,
                 logit_lens=lens(lat, vocab_str) if lens else None, correlations=corr,
             )

@@ -55,3 +55,18 @@ def test_example_lists_equal_each_example_spelled_out(tmp_path, centred):
         n_whole += sum(all(t < 3 for t in e["token_ids"]) for e in want)
         n_split += sum(any(3 < t for t in e["token_ids"]) for e in want)
     assert n_whole and n_split  # both decoding paths were taken
+
+
+def test_components_do_not_depend_on_how_many_latents_share_a_block(tmp_path, monkeypatch):
+    """components.jsonl is the same byte for byte whether example windows are built for 3 latents at a time
+    (blocks end inside the writer's rows) or for all of them at once."""
+    import engine.harvest.results as results
+    from engine.harvest.run import main as harvest_main
+
+    flags = ["--n-batches", "2", "--batch-size", "4", "--context-length", "48", "--top-k", "4", "--n-random", "3",
+             "--window", "3", "--no-output-stats"]
+    harvest_main(["--out", str(tmp_path / "one"), *flags])
+    monkeypatch.setattr(results, "EXAMPLE_CELLS", 3 * (4 + 3) * 7 + 1)  # 3 latents per block
+    harvest_main(["--out", str(tmp_path / "threes"), *flags])
+    one = (tmp_path / "one" / "harvest" / "components.jsonl").read_bytes()
+    assert one.count(b"\n") > 100 and (tmp_path / "threes" / "harvest" / "components.jsonl").read_bytes() == one

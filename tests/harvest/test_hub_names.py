@@ -204,3 +204,17 @@ def test_cli_offline_and_not_cached_is_one_line_exit_2(resolved, i, what):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"error: {what}") and "is not in the HF cache" in lines[0] and "HF_HUB_OFFLINE" in lines[0], err
+
+
+def test_replay_and_merge_read_a_hub_repo_at_the_recorded_commit():
+    """prepare.run_dictionaries loads each hub repo at config.json's revision: a repo that moved on since the
+    harvest must not change what a replay or a merge computes."""
+    from engine.harvest.dictionaries.hub import pinned
+
+    c = COMMITS["EleutherAI/sae-tiny-test"]
+    assert pinned(SPARSIFY, c) == f"EleutherAI/sae-tiny-test@{c}:layers.2"
+    assert pinned("hf:EleutherAI/sae-tiny-test", c) == f"hf:EleutherAI/sae-tiny-test@{c}"
+    assert pinned("EleutherAI/sae-tiny-test@v1:layers.2", c) == "EleutherAI/sae-tiny-test@v1:layers.2"  # its own pin
+    local = str(ROOT / "engine" / "assets" / "default" / "sae")
+    assert pinned(SAE_LENS, c) == SAE_LENS and pinned(GEMMA, c) == GEMMA and pinned(local, c) == local
+    assert pinned(SPARSIFY, None) == SPARSIFY

@@ -41,6 +41,19 @@ def is_named(name: str) -> bool:
     return not Path(name).exists() and not name.startswith((".", "/", "~")) and _REPO.fullmatch(name) is not None
 
 
+def pinned(name: str, revision: str | None) -> str:
+    """`name` at the commit a run read it at (config.json's `revision`): OWNER/REPO[:HOOK] becomes
+    OWNER/REPO@REV[:HOOK]; names with their own @REV, registry names (sae-lens:, gemma-scope:) and local paths
+    stay as they are."""
+    if not revision or not is_named(name) or name.startswith((SAE_LENS, GEMMA_SCOPE)):
+        return name
+    prefix = HF if name.startswith(HF) else ""
+    m = _REPO.fullmatch(name[len(prefix):])
+    if m is None or m.group("rev"):
+        return name
+    return f"{prefix}{m.group('repo')}@{revision}" + (f":{m.group('hook')}" if m.group("hook") else "")
+
+
 def load_named(name: str, hookpoint: str | None, load_local) -> Dictionary:
     """Resolve a hub name; `load_local(path, hookpoint)` loads the fetched folder (the local-folder loader)."""
     if name.startswith(SAE_LENS):
