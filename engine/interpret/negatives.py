@@ -6,7 +6,11 @@ RUN/negatives/pool.npz: `n_sequences` stored sequences (seeded sample of the
 token store) are cut into non-overlapping windows of the example length, and
 the whole sequences are replayed through the model and dictionaries
 (`engine.harvest.replay`), so `fires[w, latent]` says exactly whether the latent fires
-anywhere in window w, in the same context the harvest saw.
+anywhere in window w, in the same context the harvest saw. The cache holds for one
+harvest only: its key has the pool settings and a digest of config.json (model,
+dictionaries and their revisions, random control, dtype, SPD threshold, sizes) and of
+tokens.bin's size and modification time, so a new harvest into the same folder, or a
+replay rule changed since (`REPLAY_VERSION`), rebuilds it.
 
 Sources (`NegativeSource.negatives(c, n, queries, exclude_ids)`), all drawn
 without replacement and deterministic per latent:
@@ -15,20 +19,22 @@ without replacement and deterministic per latent:
   does not, closest neighbour first; random windows fill the rest;
 * faiss: the zero windows most similar (MiniLM cosine, max over the query
   windows, i.e. the explainer's examples) to what the latent fires on: hard
-  negatives. Pool embeddings are computed once per run (RUN/negatives/minilm.npy);
-  faiss-cpu does the search when installed, numpy otherwise (same result).
+  negatives. Pool embeddings are computed once per pool (RUN/negatives/minilm.npz, keyed
+  by the pool's windows); faiss-cpu does the search when installed, numpy otherwise (same result).
 Windows overlapping `exclude_ids` (examples already shown to the explainer) are
 never returned.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -240,14 +246,25 @@ def _token_store(run_dir: Path, rc: RunConfig) -> np.ndarray:
     return np.memmap(path, dtype=np.int32, mode="r", shape=(rc.n_sequences, rc.context_length))
 
 
+REPLAY_VERSION = 2
+"Bumped when what a replay computes changes (2: dictionaries rebuilt as the harvest ran them); older pools are rebuilt."
+
+
+def harvest_key(run_dir: Path, rc: RunConfig) -> dict:
+    """What a cached pool was replayed from: a digest of the run's config and its token store's size and time."""
+    st = RunDir(run_dir).tokens.stat()
+    return {"config": hashlib.sha256(msgspec.json.encode(rc)).hexdigest()[:20], "tokens": [st.st_size, st.st_mtime_ns],
+            "replay": REPLAY_VERSION}
+
+
 def open_pool(run_dir: Path, rc: RunConfig, cfg: PoolConfig = PoolConfig(), activations: SequenceActivations | None = None,
               vocab: list[str] | None = None, progress: bool = True) -> NegativePool:
     """The run's pool, from its cache or built (replaying with the run's model unless `activations` is given)."""
     window_len = 2 * rc.window + 1
-    meta = dict(n_sequences=cfg.n_sequences, seed=cfg.seed, window_len=window_len, n_latents=rc.n_latents,
-                store=[rc.n_sequences, rc.context_length], first_pos=int(rc.filter_bos))
-    path = RunDir(run_dir).negatives / "pool.npz"
     store = _token_store(run_dir, rc)
+    meta = dict(n_sequences=cfg.n_sequences, seed=cfg.seed, window_len=window_len, n_latents=rc.n_latents,
+                store=[rc.n_sequences, rc.context_length], first_pos=int(rc.filter_bos), harvest=harvest_key(run_dir, rc))
+    path = RunDir(run_dir).negatives / "pool.npz"
     if vocab is None:  # the harvest's token bytes: windows decode whole, as the examples do
         vocab = TokenText.load(RunDir(run_dir).token_bytes) or _vocab(rc, store)
     pool = NegativePool.load(path, meta, vocab, cfg.seed)
@@ -291,19 +308,28 @@ def _replayer(run_dir: Path):
 
 
 def pool_embeddings(run_dir: Path, pool: NegativePool, embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """MiniLM embeddings of the pool windows, cached beside the pool."""
-    path = RunDir(run_dir).negatives / "minilm.npy"
-    if path.exists():
-        try:
-            emb = np.load(path)
-        except (OSError, ValueError, EOFError):  # damaged cache: recompute it
-            emb = np.empty((0,))
-        if len(emb) == len(pool) and emb.ndim == 2:
-            return emb
+    """MiniLM embeddings of the pool windows, cached beside the pool and keyed by its windows (a rebuilt pool of
+    other windows gets its own)."""
+    path = RunDir(run_dir).negatives / "minilm.npz"
+    key = _windows_key(pool)
+    try:
+        with np.load(path) as z:
+            if str(z["key"]) == key and z["emb"].ndim == 2 and len(z["emb"]) == len(pool):
+                return z["emb"]
+    except Exception:  # noqa: BLE001 - absent or damaged (BadZipFile, KeyError, ...): recomputed
+        pass
     emb = embed([pool.window(w).text for w in range(len(pool))])
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, emb)
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no suffix
+        np.savez(f, emb=emb, key=key)
     return emb
+
+
+def _windows_key(pool) -> str:
+    """A digest of the pool's window texts, in order: all its embeddings depend on."""
+    h = hashlib.sha256()
+    for w in range(len(pool)):
+        h.update(pool.window(w).text.encode() + b"\0")
+    return h.hexdigest()[:20]
 
 
 def open_source(run_dir: Path, rc: RunConfig, kind: str, pool: NegativePool | None = None,

@@ -85,7 +85,7 @@ def test_damaged_embedding_cache_is_recomputed(tmp_path):
             return type("W", (), {"text": f"window {i}"})()
 
     (tmp_path / "negatives").mkdir()
-    (tmp_path / "negatives" / "minilm.npy").write_bytes(b"\x93NUMPY garbage")
+    (tmp_path / "negatives" / "minilm.npz").write_bytes(b"PK garbage")
     calls = []
 
     def embed(texts):

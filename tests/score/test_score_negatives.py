@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from engine.core.errors import UserError
 from engine.core.examples import parse_id, strata
@@ -139,3 +139,46 @@ def test_pool_cache_round_trip_and_unloadable_model(setup, tmp_path):
     run_interpret(run.dir, InterpretConfig(provider="search", progress=False))
     with pytest.raises(UserError, match="tokenizer"):  # the CLI path: one line, no traceback
         run_score(run.dir, ScoreRunConfig(scorers=("embedding",), progress=False))
+
+
+def test_a_cached_pool_is_for_one_harvest_only(tmp_path):
+    """The pool cache is reused while the run is the same harvest, and rebuilt after a harvest with other
+    settings (here the random control) or over rewritten tokens; pool embeddings follow the pool's windows."""
+    import os
+
+    import msgspec
+
+    from engine.interpret.negatives import pool_embeddings
+
+    run = write_run(tmp_path / "run", n_sequences=40)
+    rc = RunDir(run.dir).load_config()
+    replays = []
+
+    def acts(seqs):
+        replays.append(len(seqs))
+        return run.acts(seqs)
+
+    cfg = PoolConfig(n_sequences=20)
+    first = open_pool(run.dir, rc, cfg, activations=acts, vocab=run.vocab, progress=False)
+    built = len(replays)
+    open_pool(run.dir, rc, cfg, activations=acts, vocab=run.vocab, progress=False)
+    assert built > 0 and len(replays) == built  # the same harvest: read from the cache
+    other = msgspec.structs.replace(rc, random_dictionary=True)
+    open_pool(run.dir, other, cfg, activations=acts, vocab=run.vocab, progress=False)
+    assert len(replays) == 2 * built  # another harvest's settings: replayed again
+    st = RunDir(run.dir).tokens.stat()
+    os.utime(RunDir(run.dir).tokens, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # tokens.bin rewritten
+    open_pool(run.dir, other, cfg, activations=acts, vocab=run.vocab, progress=False)
+    assert len(replays) == 3 * built
+    calls = []
+
+    def embed(texts):
+        calls.append(len(texts))
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    pool_embeddings(run.dir, first, embed)
+    pool_embeddings(run.dir, first, embed)
+    assert calls == [len(first)]  # cached
+    smaller = open_pool(run.dir, rc, PoolConfig(n_sequences=10), activations=acts, vocab=run.vocab, progress=False)
+    pool_embeddings(run.dir, smaller, embed)
+    assert calls == [len(first), len(smaller)]  # other windows: embedded again
