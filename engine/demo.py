@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     from engine.interpret import run as interpret
     from engine.report import site as report
 
+    again = ["--overwrite", "harvest"] if RunDir(a.out).config.exists() else []  # a rerun sets the last one aside
     harvest.main([DEFAULT_MODEL, "--dataset", DEFAULT_DATASET, "--n-tokens", str(a.n_tokens), "--out", a.out,
-                  "--n-random", "100", "--batch-size", "16"])  # enough random firings to fill the default test set
+                  "--n-random", "100", "--batch-size", "16", *again])  # enough random firings to fill the default test set
     interpret.main([a.out, "--provider", "search"])
     index = report.build_report(Path(a.out))
     run = RunDir(a.out)

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     t_h = time.perf_counter()
     harvest.main([a.model_dir, str(ASSETS / "sae"), "--dataset", str(ASSETS / "corpus.jsonl.gz"),
                   "--n-tokens", str(a.n_tokens), "--context-length", str(seq_len), "--batch-size", str(a.batch_size),
-                  "--out", a.out, "--n-random", "20"])
+                  "--out", a.out, "--n-random", "20",
+                  *(["--overwrite", "harvest"] if RunDir(a.out).config.exists() else [])])  # a rerun sets the last one aside
     harvest_s = time.perf_counter() - t_h
     run = RunDir(a.out)
     if a.bare_forward:

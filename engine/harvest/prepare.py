@@ -16,7 +16,7 @@ import sys
 
 from engine.core.errors import UserError
 from engine.core.latents import parse_latents
-from engine.core.rundir import RunDir
+from engine.core.rundir import OVERWRITE, RunDir
 from engine.core.schemas import RunConfig
 from engine.harvest.config import HarvestArgs
 from engine.harvest.data import TokenStore, dataset_split_used
@@ -73,10 +73,19 @@ def randomized(dicts: list, seed: int) -> list:
 
 
 def open_run(a: HarvestArgs, rank: int = 0) -> RunDir:
-    """The run directory; with --overwrite harvest, the old outputs moved aside first (rank 0 only)."""
+    """The run directory; with --overwrite harvest, the old outputs moved aside first (rank 0 only). A folder
+    holding a finished harvest and what later stages built on it is refused otherwise: a new harvest there would
+    leave those explanations, scores and negatives describing other data (and counted as done)."""
     run = RunDir(a.out)
-    if a.overwrite and rank == 0:
-        run.set_aside(a.overwrite)
+    if a.overwrite:
+        if rank == 0:
+            run.set_aside(a.overwrite)
+    elif not a.resume and run.config.exists():
+        built = [n for n in OVERWRITE["harvest"][1:] if (run.root / n).exists()]
+        if built:
+            raise UserError(f"{a.out} holds a harvest and what later stages built on it ({', '.join(built)}) -- a new "
+                            f"harvest there would leave them describing other data: pass --overwrite harvest to set "
+                            f"them aside (moved to {a.out}/replaced-<time>/), or a new --out")
     return run
 
 

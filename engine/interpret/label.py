@@ -26,7 +26,9 @@ The same as a function:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -86,7 +88,8 @@ def run_labeling(
     if sae_id:
         args += ["--hookpoints", sae_id]
     before = _harvested(run)
-    harvest.main(args)
+    with _parked(run):  # this flow judges its own later stages (kept if the harvest is the same, else dropped),
+        harvest.main(args)  # so the harvest's refusal of a folder with later stages does not apply to it
     if before is not None and before != _harvested(run):
         _drop_labels(run)
     run_interpret(run.root, cfg)
@@ -98,6 +101,25 @@ def run_labeling(
         print(f"label: features {', '.join(map(str, silent))} never fired in {run.load_config().n_tokens:,} tokens, "
               "so they have no examples or labels -- raise --n-samples or use text where they fire", file=sys.stderr)
     return out
+
+
+@contextlib.contextmanager
+def _parked(run: RunDir):
+    """The run's later stages (labels, negatives, scores) moved to RUN/.label-parked/ while the block runs, and
+    back after it, whether it succeeded or not."""
+    park = run.root / ".label-parked"
+    moved = [d.name for d in (run.interpretations, run.negatives, run.scores) if d.exists()]
+    if moved:
+        park.mkdir(parents=True, exist_ok=True)
+    for name in moved:
+        os.rename(run.root / name, park / name)
+    try:
+        yield
+    finally:
+        for name in moved:
+            os.rename(park / name, run.root / name)
+        if moved:
+            park.rmdir()
 
 
 def _harvested(run: RunDir):

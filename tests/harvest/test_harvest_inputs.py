@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from engine.core.errors import UserError
 from engine.core.latents import parse_latents
 from engine.core.rundir import RunDir
 from engine.core.schemas import RunConfig
@@ -122,3 +123,23 @@ def test_the_dtype_is_recorded_in_config_json(tmp_path):
     harvest_main([DEFAULT_MODEL, DEFAULT_SAE, "--out", str(out), *SMALL, "--n-batches", "1", "--dtype", "bf16"])
     rc = msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig)
     assert rc.dtype == "bfloat16"
+
+
+def test_a_new_harvest_never_lands_under_later_stages_built_on_the_last(tmp_path):
+    """A folder whose harvest was explained is refused for a new harvest (its explanations would describe other
+    data and count as done); --overwrite harvest sets both aside, and a folder with only a harvest is rewritten."""
+    from engine.interpret.config import InterpretConfig
+    from engine.interpret.run import run_interpret
+
+    out = tmp_path / "run"
+    flags = [DEFAULT_MODEL, DEFAULT_SAE, "--out", str(out), *SMALL, "--n-batches", "2"]
+    harvest_main(flags)
+    harvest_main(flags)  # nothing built on it yet: rewritten
+    run_interpret(out, InterpretConfig(provider="search", progress=False))
+    labels = RunDir(out).explanations().read_bytes()
+    with pytest.raises(UserError, match="holds a harvest and what later stages built on it .*interpretations"):
+        harvest_main(flags)
+    assert RunDir(out).explanations().read_bytes() == labels  # untouched
+    harvest_main([*flags, "--overwrite", "harvest"])
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "interpretations").is_dir() and not (out / "interpretations").exists()
