@@ -91,8 +91,9 @@ class LiveText:
         ids = tok(text, add_special_tokens=False)["input_ids"][: self.max_tokens]
         if not ids:
             raise UserError("text: it has no tokens -- type some text")
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        acts = r.activations(torch.tensor([[bos, *ids]]), torch.arange(self.cfg.n_latents))[0, 1:]  # [T, L], BOS dropped
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id  # the harvest's start token
+        head = [] if start is None else [start]  # (engine.harvest.data.start_token): BOS, else EOS, else none
+        acts = r.activations(torch.tensor([[*head, *ids]]), torch.arange(self.cfg.n_latents))[0, len(head):]  # [T, L]
         peak, where = acts.max(dim=0)
         k = min(TOP_LATENTS, int((peak > 0).sum()))
         vals, lats = peak.topk(k)

@@ -203,3 +203,33 @@ def test_live_text_refuses_bad_bodies_in_one_line(built):
                 assert r.status == code and words in text and "\n" not in text.strip(), (kwargs, r.status, text)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("bos, eos, head", [(7, 9, [7]), (None, 9, [9]), (None, None, [])],
+                         ids=["BOS", "EOS for BOS", "neither"])
+def test_live_text_starts_as_the_harvest_starts_a_sequence(tmp_path, bos, eos, head):
+    """The typed text is replayed after the start token the harvest puts first (BOS, else EOS, else none), and
+    every one of its tokens gets its own activations back."""
+    from types import SimpleNamespace
+
+    from engine.report.live import LiveText
+
+    seen = []
+
+    class Tok:
+        bos_token_id, eos_token_id = bos, eos
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(ch) - 96 for ch in text]}  # a -> 1, b -> 2, ...
+
+        def decode(self, ids):
+            return "".join(chr(i + 96) for i in ids)
+
+    def activations(ids, latents):
+        seen.append(ids[0].tolist())
+        return ids[..., None].float().expand(*ids.shape, len(latents)).clone()  # latent value = token id
+
+    loader = lambda run_dir, device: SimpleNamespace(tokenizer=Tok(), activations=activations)  # noqa: E731
+    live = LiveText(tmp_path, SimpleNamespace(n_latents=2, context_length=16), ["h/0", "h/1"], loader)
+    out = live.compute("abc", 1)
+    assert seen == [[*head, 1, 2, 3]] and out["activations"] == [1.0, 2.0, 3.0] and out["tokens"] == ["a", "b", "c"]

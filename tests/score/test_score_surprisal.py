@@ -96,3 +96,14 @@ def test_cli_scores_the_embedded_default_offline(tmp_path, capsys):
     assert summary["surprisal"]["latents"] == len(results)
     assert "surprisal" in capsys.readouterr().out
     assert not math.isnan(summary["surprisal"]["mean_balanced_accuracy"])
+
+
+@pytest.mark.parametrize("bos, eos, head", [(7, 9, [7]), (None, 9, [9]), (None, None, [])],
+                         ids=["BOS", "EOS for BOS", "neither"])
+def test_surprisal_prefix_starts_as_the_harvest_starts_a_sequence(bos, eos, head):
+    from engine.score.scorers.surprisal import CausalLMLosses
+
+    lm = object.__new__(CausalLMLosses)  # the tokenizer alone: no model is loaded
+    lm.tokenizer = type("Tok", (), {"bos_token_id": bos, "eos_token_id": eos,
+                                    "__call__": lambda self, text, add_special_tokens=False: {"input_ids": [4, 5]}})()
+    assert lm.encode_prefix("text") == [*head, 4, 5]

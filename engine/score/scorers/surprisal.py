@@ -45,9 +45,11 @@ class CausalLMLosses:
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def encode_prefix(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + ids
+        """The prompt's ids after the start token the harvest puts first (BOS, else EOS, else none)."""
+        from engine.harvest.data import start_token
+
+        start = start_token(self.tokenizer)
+        return ([] if start is None else [start]) + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
