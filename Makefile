@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-PIP     = $(VENV)/bin/pip -q --disable-pip-version-check
+# --no-cache-dir: a fresh machine downloads every wheel of the test install (3.6 GB once installed: triton, jaxlib,
+# pyarrow, ...); pip kept a second, cached copy of each, and a CI machine short of disk failed mid-install (Errno 28).
+PIP     = $(VENV)/bin/pip -q --disable-pip-version-check --no-cache-dir
 
 .PHONY: demo test bench install install-test browser clean demo-real e2e
 
@@ -62,8 +64,8 @@ demo-real: $(VENV)/.installed-real
 
 # GGML_NATIVE=OFF + AVX2: a -march=native build (the default) emits AMX code on Sapphire Rapids hosts that a sandbox
 # without AMX state kills with SIGILL on the first request; AVX2 runs on any x86-64 of the last decade.
-# --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS, so a wheel built earlier with other flags would be reused.
+# $(PIP) has --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS, so a wheel built earlier with other flags would be reused.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 e2e: $(VENV)/.installed-real
-	@$(PY) -c "import llama_cpp.server" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir "llama-cpp-python[server]"
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "llama-cpp-python[server]"
 	$(PY) -m bench.e2e $(E2E_ARGS)
