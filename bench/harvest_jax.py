@@ -21,7 +21,7 @@ from engine.harvest.config import HarvestArgs
 from engine.harvest.data import batches, iter_texts, pack
 from engine.harvest.defaults import DEFAULT_DATASET
 from engine.harvest.jax.forward import forward
-from engine.harvest.jax.mesh import pick_devices
+from engine.harvest.jax.mesh import MATMUL_PRECISION, pick_devices
 from engine.harvest.jax.run import setup
 
 
@@ -36,7 +36,11 @@ def run(model: str, dictionary: str, n_batches: int, batch_size: int, context_le
     valid[:, 0] = False
     seq = np.arange(batch_size, dtype=np.int64)
     spec, points = h._step_spec  # the forward's static parts, as the step was built
-    fwd = jax.jit(lambda p, inv, t: forward(p, (inv, h.rope_scale), t, spec, points, True)[1])
+
+    @jax.jit
+    def fwd(p, inv, t):
+        with jax.default_matmul_precision(MATMUL_PRECISION):  # as the step multiplies
+            return forward(p, (inv, h.rope_scale), t, spec, points, True)[1]
 
     def bare():
         out = [fwd(h.params, h.inv_freq, ids) for ids in data]

@@ -156,3 +156,28 @@ def test_jax_backend_refuses_what_it_cannot_run(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--latent-parallel" in err and "Traceback" not in err
+
+
+def test_step_multiplies_float32_at_highest_precision():
+    """Every matmul of the compiled step (forward, encode, co-occurrence) carries precision HIGHEST: JAX's
+    default lets a TPU multiply float32 in bfloat16 passes and a GPU in TF32, which CPU runs never show."""
+    import re
+
+    import jax
+    import numpy as np
+
+    from engine.harvest.config import HarvestArgs
+    from engine.harvest.defaults import DEFAULT_MODEL, DEFAULT_SAE
+    from engine.harvest.jax.mesh import pick_devices
+    from engine.harvest.jax.run import setup
+
+    a = HarvestArgs(model=DEFAULT_MODEL, dictionaries=[DEFAULT_SAE], batch_size=2, context_length=8, n_batches=1,
+                    backend="jax")
+    h = setup(a, pick_devices("cpu"))[0]
+    put = lambda x: jax.device_put(x, h._dat)
+    ids, seq, valid = np.zeros((2, 8), np.int64), np.arange(2, dtype=np.int64), np.ones((2, 8), bool)
+    text = h._step.lower(h.params, h.inv_freq, h.dps, h.state, put(ids), put(seq), put(valid)).as_text()
+    dots = re.findall(r"(?:stablehlo\.dot_general|stablehlo\.dot)\b[^\n]*", text)
+    assert len(dots) >= 10, f"expected the forward's and the encode's matmuls, found {len(dots)}"
+    plain = [d for d in dots if "HIGHEST" not in d]
+    assert not plain, f"{len(plain)} of {len(dots)} matmuls without precision HIGHEST, e.g. {plain[0][:200]}"

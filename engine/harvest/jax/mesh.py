@@ -31,6 +31,12 @@ from engine.harvest.jax.state import init_state, next_token_stats, update
 from engine.harvest.state import HarvestState, StateConfig
 
 
+# Matmuls of the step are traced at this precision. JAX's default lets TPUs (bfloat16 passes) and GPUs (TF32)
+# round float32 operands, which the torch path (TF32 off) never does; "highest" multiplies float32 in float32
+# and costs bfloat16 operands nothing. A run that wants the fast passes asks with --dtype bfloat16.
+MATMUL_PRECISION = "highest"
+
+
 def pick_devices(name: str, n: int = 0) -> list:
     """--device for the JAX backend: auto (the default backend's devices: every TPU chip), cpu, tpu, gpu;
     `n` > 0 keeps the first n."""
@@ -63,8 +69,13 @@ def _compiled_step(devices: tuple, spec, rope_scale: float, sites: tuple, static
     """The jitted, sharded step for one configuration (cached: a second harvest in the process, e.g. a
     resume, reuses the compiled program)."""
     mesh = Mesh(np.array(devices), ("data",))
-    fn = partial(_local_step, spec=spec, rope_scale=rope_scale, points=tuple(sorted(set(sites))), sites=sites,
-                 statics=statics, offsets=offsets, cfg=cfg, need_logits=need_logits)
+    local = partial(_local_step, spec=spec, rope_scale=rope_scale, points=tuple(sorted(set(sites))), sites=sites,
+                    statics=statics, offsets=offsets, cfg=cfg, need_logits=need_logits)
+
+    def fn(*args):
+        with jax.default_matmul_precision(MATMUL_PRECISION):  # read while the step is traced
+            return local(*args)
+
     sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P(), P("data"), P("data"), P("data"), P("data")),
                             out_specs=P("data"), check_vma=False)
     return jax.jit(sharded, donate_argnums=(3,))
