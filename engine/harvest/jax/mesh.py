@@ -30,7 +30,6 @@ from engine.harvest.jax.forward import forward
 from engine.harvest.jax.state import init_state, next_token_stats, update
 from engine.harvest.state import HarvestState, StateConfig
 
-
 # Matmuls of the step are traced at this precision. JAX's default lets TPUs (bfloat16 passes) and GPUs (TF32)
 # round float32 operands, which the torch path (TF32 off) never does; "highest" multiplies float32 in float32
 # and costs bfloat16 operands nothing. A run that wants the fast passes asks with --dtype bfloat16.
