@@ -145,7 +145,7 @@ def measure(a, module=None) -> dict:
         import engine.harvest.run as module
     main = module.main
     torch.set_num_threads(a.threads)
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     d = load_dictionary(DEFAULT_SAE)
     S = a.context_length
     data = [ids for _, ids in batches(pack(iter_texts(DEFAULT_DATASET), tok, S), a.batch_size, a.batches * a.batch_size)]

@@ -273,7 +273,7 @@ def main(argv=None) -> dict:
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    model, tok = load_model(a.model, device, "float32")
+    model, tok, _ = load_model(a.model, device, "float32")
     d = load_dictionary(a.dictionary).to(device)
     hook = d.hookpoint
     seqs = pack(iter_texts(DEFAULT_DATASET), tok, a.context_length)

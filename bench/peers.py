@@ -309,7 +309,7 @@ def main(argv=None) -> dict:
     from sae_lens import SAE
     from sae_lens.load_model import load_model as sae_lens_load_model
 
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     d = load_dictionary(DEFAULT_SAE)
     sae = SAE.load_from_disk(DEFAULT_SAE, device="cpu")
     proxy = sae_lens_load_model("AutoModelForCausalLM", DEFAULT_MODEL, device="cpu",

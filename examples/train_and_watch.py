@@ -71,7 +71,7 @@ def train(steps: int = 40, every: int = 5, n_latents: int = 256, k: int = 8, bat
     `on_watch(step, ids, acts, sae)` is called right before each watched update. Returns the SAE, the harvester
     (None without watch), the losses and per-step seconds of the model forward, the training step and the watch."""
     torch.manual_seed(seed)
-    model, tok = load_model(DEFAULT_MODEL, device, "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, device, "float32")
     hooked = HookedModel(model, [HOOK])
     sae = TopKSAE(model.config.hidden_size, n_latents, k, seed).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)

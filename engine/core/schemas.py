@@ -200,6 +200,8 @@ class RunConfig(msgspec.Struct, kw_only=True):
     "The model's dtype during the harvest (--dtype; runs before it was recorded read as float32)."
     spd_ci_threshold: float = 0.0
     "SPD runs: the causal importance a component had to exceed to fire (--spd-ci-threshold)."
+    model_revision: str | None = None
+    "A model read from the hub: the commit it was read at, which replays, merges and scorers load (None: a local folder)."
     extra: dict[str, Any] = {}
 
 

@@ -12,7 +12,6 @@ from engine.harvest.pair_counts import choose_mode
 from engine.harvest.state import StateConfig
 from engine.harvest.subsample import choose_rate
 
-
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "f32": "float32",
           "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16", "f16": "float16"}

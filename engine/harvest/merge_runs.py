@@ -43,7 +43,7 @@ from engine.harvest.state import HarvestState
 
 SAME = ("model", "model_class", "dataset_column", "context_length", "hookpoints", "n_latents", "top_k", "n_random",
         "window", "center_examples", "top_chunk", "histogram_edges", "filter_bos", "output_stats", "seed", "backend",
-        "random_dictionary", "dtype", "spd_ci_threshold")
+        "random_dictionary", "dtype", "spd_ci_threshold", "model_revision")
 "RunConfig fields that must agree for runs to merge."
 
 
@@ -191,7 +191,7 @@ def _write_results(state: HarvestState, rc: RunConfig, dest: RunDir, device) -> 
     from engine.harvest.prepare import run_dictionaries
     from engine.harvest.results import build_results
 
-    model, tokenizer = load_model(rc.model, torch.device(device), rc.dtype)
+    model, tokenizer, _ = load_model(rc.model, torch.device(device), rc.dtype, rc.model_revision)
     dicts = run_dictionaries(rc)
     store = TokenStore(dest.tokens, rc.n_sequences, rc.context_length, mode="r")
     build_results(state, rc, dicts, tokenizer, store, model, dest)

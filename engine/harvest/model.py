@@ -17,7 +17,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(path: str, device, dtype: str):
+def load_model(path: str, device, dtype: str, revision: str | None = None):
+    """A local folder or a hub name -> (model, tokenizer, commit). A hub name is first resolved to one commit (at
+    `revision` when given: a run's recorded one), and the model and tokenizer are read at that commit, which
+    is what a run records (config.json's model_revision); commit is None for a local folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -26,15 +29,24 @@ def load_model(path: str, device, dtype: str):
     local = Path(path).exists()
     if not local and ("/" not in path or path.startswith((".", "/"))):
         raise UserError(f"model {path} does not exist -- give a local HF model folder or a hub name")
+    commit = None
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        if not local:  # one commit for every file, even if the repo moves on while the weights download
+            from huggingface_hub import hf_hub_download
+
+            from engine.harvest.dictionaries.hub import snapshot_commit
+
+            commit = snapshot_commit(hf_hub_download(path, "config.json", revision=revision))
+        pin = {"revision": commit} if commit else {}
+        tok = AutoTokenizer.from_pretrained(path, **pin)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **pin)
     except (OSError, ValueError) as e:
         from huggingface_hub import constants
 
+        at = f" at commit {revision}" if revision and not local else ""
         if not local and constants.is_offline_mode():  # HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
-            raise UserError(f"model {path} is not in the HF cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set "
+            raise UserError(f"model {path}{at} is not in the HF cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set "
                             "-- fetch it once with network access, or point HF_HOME at a cache that has it") from None
         where = "the hub name (and HF_TOKEN for gated models)" if not local else "the folder has config.json, weights and a tokenizer"
-        raise UserError(f"model {path} could not be loaded ({' '.join(str(e).split())[:150]}) -- check {where}") from None
-    return model.to(device).eval(), tok
+        raise UserError(f"model {path}{at} could not be loaded ({' '.join(str(e).split())[:150]}) -- check {where}") from None
+    return model.to(device).eval(), tok, commit

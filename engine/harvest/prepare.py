@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -87,6 +88,17 @@ def open_run(a: HarvestArgs, rank: int = 0) -> RunDir:
                             f"harvest there would leave them describing other data: pass --overwrite harvest to set "
                             f"them aside (moved to {a.out}/replaced-<time>/), or a new --out")
     return run
+
+
+def checkpoint_revision(a: HarvestArgs, shard: int | None) -> str | None:
+    """--resume: the hub commit the checkpoint in --out was harvested at (None: no checkpoint, a local model, or
+    one from before commits were recorded), so the resumed batches see the same weights as the first ones."""
+    if not a.resume:
+        return None
+    try:
+        return json.loads((RunDir(a.out).checkpoint(shard) / "state.json").read_text())["meta"].get("model_revision")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no readable checkpoint: HarvestState.load says what is wrong with it, if there is one
 
 
 def close_bar(bar) -> None:

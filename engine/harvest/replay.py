@@ -33,8 +33,9 @@ class Replayer:
         from engine.harvest.prepare import run_dictionaries
 
         self.rc, self.device, self.batch_size = rc, torch.device(device), batch_size
-        self.model, self.tokenizer = load_model(rc.model, self.device, rc.dtype)  # the harvest's model and
-        self.dicts = [d.to(self.device) for d in run_dictionaries(rc)]                # dictionaries, as it ran them
+        # the harvest's model (at its recorded commit) and dictionaries, as it ran them
+        self.model, self.tokenizer, _ = load_model(rc.model, self.device, rc.dtype, rc.model_revision)
+        self.dicts = [d.to(self.device) for d in run_dictionaries(rc)]
         self.hooked = HookedModel(self.model, [h.name for h in rc.hookpoints], read_input=[d.transcoder for d in self.dicts])
         self.store = TokenStore(RunDir(run_dir).tokens, rc.n_sequences, rc.context_length, mode="r")
 

@@ -48,7 +48,15 @@ from engine.harvest.distributed import init_from_env, merge_across_ranks
 from engine.harvest.harvester import Harvester
 from engine.harvest.memory import describe
 from engine.harvest.model import load_model, pick_device
-from engine.harvest.prepare import close_bar, finish_config, open_dictionaries, open_run, report_overflow, trim_tokens
+from engine.harvest.prepare import (
+    checkpoint_revision,
+    close_bar,
+    finish_config,
+    open_dictionaries,
+    open_run,
+    report_overflow,
+    trim_tokens,
+)
 from engine.harvest.results import build_results, run_config
 from engine.harvest.sources import HookedModel
 from engine.harvest.state import HarvestState
@@ -165,7 +173,9 @@ def main(argv: list[str] | None = None) -> Path:
     dicts, hookpoints, latent_scores = open_dictionaries(a)
     texts = iter_texts(a.dataset, a.dataset_column, a.dataset_split, name=a.dataset_name or None)
     texts = itertools.chain([next(texts)], texts)  # the first record (split, config, column) is checked before any work
-    model, tokenizer = load_model(a.model, device, a.dtype)
+    # --resume: the hub model at the commit the checkpoint was harvested at, not wherever the repo has moved since
+    pin = checkpoint_revision(a, None if world_size == 1 else rank)
+    model, tokenizer, revision = load_model(a.model, device, a.dtype, pin)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and a.context_length > max_pos:
         raise UserError(f"--context-length {a.context_length} exceeds the model's max_position_embeddings={max_pos} -- lower it")
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     bar = tqdm(total=n_seq * S, initial=done_seqs * S, unit="tok", unit_scale=True, desc="harvest", disable=rank != 0)
     t0, n_batch = time.time(), 0
-    meta = lambda: {"sequences_done": done_seqs, **a.checkpoint_source()}
+    meta = lambda: {"sequences_done": done_seqs, "model_revision": revision, **a.checkpoint_source()}
     feed = Prefetch(batches(pack(texts, tokenizer, S), a.batch_size, n_seq, skip=done_seqs))
     dirty = False  # the state holds part of a batch (only a second Ctrl-C can stop it there)
     try:
@@ -260,13 +270,13 @@ def main(argv: list[str] | None = None) -> Path:
         saved = True
     hooked.close()
     if split:
-        _finish_latent_parallel(a, harvester.state, model, dicts, hooked, tokenizer, store, run, done_seqs,
+        _finish_latent_parallel(a, harvester.state, model, revision, dicts, hooked, tokenizer, store, run, done_seqs,
                                 latent_scores, t0)
     else:
         state = merge_across_ranks(harvester.state)
         if rank == 0:
             store = trim_tokens(run, store, done_seqs)
-            rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+            rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION, revision)
             over = int(state.overflow)  # a host read at the end, as every other
             finish_config(rc, a, dicts, latent_scores, over)
             build_results(state, rc, dicts, tokenizer, store, model, run)
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> Path:
     return out
 
 
-def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokenizer, store, run: RunDir,
+def _finish_latent_parallel(a, state: HarvestState, model, revision: str | None, dicts, hooked, tokenizer, store, run: RunDir,
                             done_seqs: int, latent_scores, t0: float) -> Path:
     """Each rank writes the components of its latent range; rank 0 writes the stats and joins the parts."""
     import torch.distributed as dist
@@ -296,7 +306,7 @@ def _finish_latent_parallel(a, state: HarvestState, model, dicts, hooked, tokeni
         dist.all_reduce(whole, op=dist.ReduceOp.SUM)  # rows are disjoint: the sum places them
         full[name] = whole.cpu()
     full["tok_total"] = state.tok_total.cpu()  # every rank saw every token
-    rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION)
+    rc = run_config(a, model, dicts, hooked.sites, cfg, done_seqs, int(state.n_tokens), VERSION, revision)
     finish_config(rc, a, dicts, latent_scores, int(state.overflow))  # every rank encodes every token
     rc.extra["latent_parallel"] = world_size
     out = run.harvest

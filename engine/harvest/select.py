@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
     hook = a.hookpoint or d.hookpoint
     if hook is None:
         raise UserError(f"dictionary {a.dictionary} names no hookpoint -- pass --hookpoint")
-    model, tok = load_model(a.model, device, "float32")
+    model, tok, _ = load_model(a.model, device, "float32")
     hooked = HookedModel(model, [hook], read_input=[d.transcoder])
     args = (a.n_tokens, a.context_length, a.batch_size, device, a.dataset_column)
     dw, rw = _where_spec(a.domain_where, a.domain, "kind=test"), _where_spec(a.reference_where, a.reference, "kind=library")

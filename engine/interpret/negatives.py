@@ -287,7 +287,8 @@ def _vocab(rc: RunConfig, store: np.ndarray) -> list[str]:
     from engine.harvest.results import token_strings
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(rc.model, local_files_only=True)  # the harvest cached it
+        pin = {"revision": rc.model_revision} if rc.model_revision else {}
+        tokenizer = AutoTokenizer.from_pretrained(rc.model, local_files_only=True, **pin)  # the harvest cached it
     except Exception as e:  # noqa: BLE001 - one line naming what is needed
         raise UserError(f"cannot load the tokenizer of {rc.model} ({type(e).__name__}) -- non-activating examples "
                         "need the run's model folder; make the path in harvest/config.json available") from None

@@ -208,7 +208,7 @@ def test_random_dictionary_harvest_is_recorded_and_uses_the_seeded_weights(tmp_p
     rc = msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig)
     assert rc.random_dictionary and rc.hookpoints[0].kind == "sae_lens:topk:random"
     tokens = torch.from_numpy(np.fromfile(out / "harvest" / "tokens.bin", dtype=np.int32).reshape(2, 16).astype(np.int64))
-    model, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, _, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     hm = HookedModel(model, ["blocks.2.hook_resid_post"])
     x = hm.run(tokens, need_logits=False)[0]["blocks.2.hook_resid_post"]
     hm.close()

@@ -47,7 +47,7 @@ def harvested(tmp_path_factory):
 def brute(harvested):
     rc = msgspec.json.decode((harvested / "harvest" / "config.json").read_bytes(), type=RunConfig)
     tokens = torch.from_numpy(np.fromfile(harvested / "harvest" / "tokens.bin", dtype=np.int32).reshape(rc.n_sequences, rc.context_length).astype(np.int64))
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     d = load_dictionary(DEFAULT_SAE)
     hm = HookedModel(model, ["blocks.2.hook_resid_post"])
     dense, probs = [], []

@@ -59,7 +59,7 @@ def _single_pass(runs_: list[Path], out: Path) -> HarvestState:
     rc = rds[0].load_config()
     state0, _ = HarvestState.load(rds[0].checkpoint(), "cpu")
     tokens = np.concatenate([np.fromfile(r.tokens, dtype=np.int32).reshape(-1, rc.context_length) for r in rds])
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     d = load_dictionary(DEFAULT_SAE)
     hooked = HookedModel(model, [rc.hookpoints[0].name])
     h = Harvester([d], state0.cfg.__class__(**{**state0.cfg.__dict__, "seq_offset": 0}), [rc.hookpoints[0].name])
@@ -132,6 +132,9 @@ def test_merge_refuses_what_is_not_different_data_with_the_same_settings(runs, t
     cfg["top_k"] = 7
     RunDir(other).config.write_text(json.dumps(cfg))
     assert "differ in top_k" in _refused(capsys, [str(a), str(other), "--out", str(tmp_path / "x3")])
+    cfg["top_k"], cfg["model_revision"] = json.loads(RunDir(a).config.read_text())["top_k"], "c" * 40
+    RunDir(other).config.write_text(json.dumps(cfg))  # the same hub name read at another commit: other weights
+    assert "differ in model_revision" in _refused(capsys, [str(a), str(other), "--out", str(tmp_path / "x3")])
     bare = tmp_path / "B-bare"
     shutil.copytree(b, bare)
     shutil.rmtree(RunDir(bare).checkpoint())

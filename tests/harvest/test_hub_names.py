@@ -40,8 +40,8 @@ def cache_repo(hub_cache: Path, repo_id: str, folder: Path, commit: str) -> None
     from huggingface_hub.file_download import repo_folder_name
 
     repo = hub_cache / repo_folder_name(repo_id=repo_id, repo_type="model")
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)  # a second call: the repo has moved on to `commit`
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = f.read_bytes()
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
@@ -218,3 +218,59 @@ def test_replay_and_merge_read_a_hub_repo_at_the_recorded_commit():
     local = str(ROOT / "engine" / "assets" / "default" / "sae")
     assert pinned(SAE_LENS, c) == SAE_LENS and pinned(GEMMA, c) == GEMMA and pinned(local, c) == local
     assert pinned(SPARSIFY, None) == SPARSIFY
+
+
+MODEL_REPO, MODEL_COMMITS = "acme/tiny-lm", ("a" * 40, "b" * 40)
+
+MOVED = r"""
+import json, sys, torch
+from pathlib import Path
+from engine.core.errors import run_cli
+from engine.harvest.replay import Replayer
+from engine.harvest.run import main
+out, step = Path(sys.argv[1]), sys.argv[2]
+tail = ["--out", str(out), "--dataset", sys.argv[3], "--batch-size", "2", "--context-length", "16", "--top-k", "2",
+        "--n-random", "2", "--window", "2", "--no-output-stats"]
+res = {}
+if step == "first":  # harvest 1 batch by name, keep the checkpoint
+    run_cli(lambda argv: main(argv), ["acme/tiny-lm", "--n-batches", "1", "--final-checkpoint", *tail])
+    res["first"] = json.loads((out / "harvest" / "config.json").read_text())["model_revision"]
+else:  # the repo has moved on: resume to 2 batches, then replay
+    run_cli(lambda argv: main(argv), ["acme/tiny-lm", "--n-batches", "2", "--resume", *tail])
+    res["resumed"] = json.loads((out / "harvest" / "config.json").read_text())["model_revision"]
+    r = Replayer.from_run(out)
+    res["replay_weight"] = r.model.model.embed_tokens.weight[0, :4].tolist()
+print(json.dumps(res))
+"""
+
+
+def test_a_hub_model_is_recorded_and_replayed_resumed_at_its_commit(tmp_path):
+    """A model read by hub name: config.json and the checkpoint record the commit; after the repo moves on, a
+    --resume continues on the checkpoint's weights and a replay loads the recorded ones, not the newest."""
+    from safetensors.torch import load_file as load_st
+
+    home, src = tmp_path / "hf", Path(DEFAULT_MODEL)
+    cache_repo(home / "hub", MODEL_REPO, src, MODEL_COMMITS[0])
+    env = _env(home)
+
+    def run(first: bool) -> dict:
+        p = subprocess.run([sys.executable, "-c", MOVED, str(tmp_path / "run"), "first" if first else "resume",
+                            DEFAULT_DATASET], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    assert run(True)["first"] == MODEL_COMMITS[0]
+    moved = tmp_path / "moved"  # the repo's next commit: other embedding weights
+    moved.mkdir()
+    for f in src.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    w = load_st(str(src / "model.safetensors"))
+    key = next(k for k in w if k.endswith("embed_tokens.weight"))
+    save_file({k: (v + 1.0 if k == key else v).contiguous() for k, v in w.items()}, str(moved / "model.safetensors"),
+              metadata={"format": "pt"})
+    cache_repo(home / "hub", MODEL_REPO, moved, MODEL_COMMITS[1])
+    res = run(False)
+    assert res["resumed"] == MODEL_COMMITS[0]
+    assert res["replay_weight"] == pytest.approx(w[key][0, :4].tolist())
+    rc = msgspec.json.decode((tmp_path / "run" / "harvest" / "config.json").read_bytes(), type=RunConfig)
+    assert rc.model == MODEL_REPO and rc.model_revision == MODEL_COMMITS[0]

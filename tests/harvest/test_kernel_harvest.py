@@ -21,7 +21,6 @@ from engine.harvest.model import load_model  # noqa: E402
 from engine.harvest.sources import HookedModel  # noqa: E402
 from engine.harvest.state import StateConfig  # noqa: E402
 
-
 LAUNCHERS = [("kernels.encode_pack", "encode_pack_triton"), ("kernels.topk_merge", "topk_merge_triton"),
              ("kernels.window_gather", "gather_windows_triton"), ("kernels.token_stats", "pair_count_update_triton"),
              ("kernels.cooccurrence", "cooc_dense_update_triton")]
@@ -54,7 +53,7 @@ def _relu_dictionary(like):
 def test_kernels_on_equals_off(monkeypatch, which):
     import importlib
 
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     d = load_dictionary(DEFAULT_SAE)
     relu = which.startswith("ReLU")
     if relu:

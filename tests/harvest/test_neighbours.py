@@ -104,7 +104,7 @@ def test_harvest_writes_the_directions_file(harvested):
     assert t["decoder_neighbours"].shape == (rc.n_latents, 10)
     assert (t["decoder_neighbours"] == want_i).mean() > 0.999  # float32 vs float64 may swap a near tie
     np.testing.assert_allclose(t["decoder_cosine"], want_c, atol=1e-5)
-    model, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, _, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     W_U = model.get_output_embeddings().weight.detach().double().numpy()
     gamma = model.model.norm.weight.detach().double().numpy()
     assert t["logit_hist"].shape == (rc.n_latents, 40) and (t["logit_hist"].sum(1) == W_U.shape[0]).all()

@@ -26,7 +26,7 @@ def test_top_domain_latents_fire_mostly_on_domain_in_unseen_text(tmp_path):
     doc = json.loads(out.read_text())
     top = doc["feature_indices"][:10]
     assert len(top) == 10 and len(doc["scores"]) == len(doc["feature_indices"])
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     d = load_dictionary(DEFAULT_SAE)
     hooked = HookedModel(model, [d.hookpoint])
     args = (16000, 128, 16, torch.device("cpu"), "text", 16000)  # the next 16k tokens, not used for ranking
@@ -64,7 +64,7 @@ def test_own_files_are_not_filtered_unless_asked(tmp_path):
 def test_counts_equal_brute_force_for_relu_style_dictionary_with_bos_equal_eos(tmp_path):
     """Raw neurons (padding slots, not TopK) and a tokenizer whose BOS is its EOS: only the inserted
     position 0 is left out; every end-of-document EOS counts."""
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     tok.bos_token = tok.eos_token
     data = tmp_path / "short.jsonl"
     data.write_text("".join(json.dumps({"text": f"x = {i} * y\nprint(x)"}) + "\n" for i in range(80)))

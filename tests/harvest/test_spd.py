@@ -104,7 +104,7 @@ def write_run(path, kind="shared_mlp", Cs=None, hidden=(16,), seed=0, sampling="
 
 def module_inputs(module, n_tokens=96):
     """Real inputs of `module` on the embedded model: [n_tokens, d_in]."""
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     text = open(__file__).read()[:2000]
     ids = torch.tensor([tok(text)["input_ids"][:n_tokens]])
     hm = HookedModel(model, [module + "@in"])
@@ -140,7 +140,7 @@ def test_harvest_every_module_of_a_run_in_one_pass(tmp_path):
     rc = msgspec.json.decode((out / "harvest" / "config.json").read_bytes(), type=RunConfig)
     assert [(h.name, h.offset, h.n_latents) for h in rc.hookpoints] == [(UP, 0, 24), (DOWN, 24, 16)]  # SPD's sorted module order
     tokens = torch.from_numpy(np.fromfile(out / "harvest" / "tokens.bin", dtype=np.int32).reshape(rc.n_sequences, rc.context_length).astype(np.int64))
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     hm = HookedModel(model, [UP + "@in", DOWN + "@in"])
     acts, _ = hm.run(tokens, need_logits=False)
     hm.close()

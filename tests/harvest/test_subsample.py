@@ -2,7 +2,6 @@
 exactly those of the sampled positions, and the scaled estimate's standard error is what the output says."""
 
 import math
-
 import sys
 
 import numpy as np

@@ -57,7 +57,7 @@ def clear_latent(comps, W) -> int:
 
 def brute_activations(text: str, lat: int | None = None):
     """The model and SAE run directly on BOS + the text's tokens: (token strings, activations [T, L])."""
-    model, tok = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, tok, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     sae = load_dictionary(DEFAULT_SAE)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -92,7 +92,7 @@ def test_static_latent_page_directions_strata_and_no_local_paths(real, page):
     href = links.first.get_attribute("href")
 
     # logit-effect histogram: one bar per non-empty bin, counts over the whole vocabulary
-    model, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
+    model, _, _ = load_model(DEFAULT_MODEL, "cpu", "float32")
     W_U = model.get_output_embeddings().weight.detach().double().numpy()
     logits = (W[lat] * model.model.norm.weight.detach().double().numpy()) @ W_U.T
     want_hist, edges = np.histogram(logits, bins=40, range=(logits.min(), logits.max()))

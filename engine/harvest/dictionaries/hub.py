@@ -103,7 +103,7 @@ def _hub_errors(name: str, what: str):
                         "HF_HUB_OFFLINE=1 to use the cache") from None
 
 
-def _commit(path: str | Path) -> str | None:
+def snapshot_commit(path: str | Path) -> str | None:
     """The commit of a file or folder inside the HF cache (.../snapshots/<commit>/...)."""
     parts = Path(path).parts
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
@@ -182,7 +182,7 @@ def _gemma_scope(name: str, load_local) -> Dictionary:
     d = load_local(path, None)
     kind = next((k for k in _GS_SITE if re.search(rf"-{k}(-|$)", repo_id)), None)
     d.hookpoint = _GS_SITE[kind].format(L=m.group("L")) if kind else None
-    d.path, d.revision = name, _commit(path)
+    d.path, d.revision = name, snapshot_commit(path)
     return d
 
 
@@ -209,5 +209,5 @@ def _repo(name: str, hookpoint: str | None, load_local) -> Dictionary:
         raise UserError(f"dictionary {name}: the repo holds one dictionary per hookpoint ({', '.join(subs[:5])}"
                         f"{', ...' if len(subs) > 5 else ''}) -- write {repo_id}:HOOKPOINT or pass --hookpoints")
     d = load_local(str(root), hook)
-    d.path, d.revision = name, _commit(root)
+    d.path, d.revision = name, snapshot_commit(root)
     return d

@@ -20,6 +20,8 @@ their text is re-tokenised. Fully offline: no API, no key.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -30,14 +32,15 @@ from engine.score.scorers.base import Details, ScoreConfig, ScoreItem, ranked
 class CausalLMLosses:
     """Mean per-token loss of continuations after prefixes, batched with right padding."""
 
-    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32):
+    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, revision: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+            pin = {"revision": revision} if revision and not Path(path).exists() else {}  # the run's commit
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **pin)
+            self.model = AutoModelForCausalLM.from_pretrained(path, **pin).to(device).eval()
         except OSError as e:
             raise UserError(f"surprisal model {path} could not be loaded ({str(e).splitlines()[0][:120]}) -- "
                             "pass a local HF causal LM folder with --surprisal-model") from None
@@ -87,6 +90,8 @@ class Surprisal:
         self.lm = lm
         self.model_name = cfg.surprisal_model
         self.same_tokenizer = False
+        self.revision: str | None = None
+        "The run's recorded model commit, when the LM is the run's own hub model."
         "Excerpts' harvested token ids are the LM's own (else their text is re-tokenised)."
 
     def bind_run(self, rc) -> None:
@@ -94,12 +99,13 @@ class Surprisal:
         if self.lm is None:
             self.model_name = self.model_name or rc.model
             self.same_tokenizer = self.model_name == rc.model
+            self.revision = rc.model_revision if self.same_tokenizer else None
 
     def _lm(self) -> CausalLMLosses:
         if self.lm is None:
             if not self.model_name:
                 raise UserError("the surprisal scorer needs a local causal LM: pass --surprisal-model PATH")
-            self.lm = CausalLMLosses(self.model_name)
+            self.lm = CausalLMLosses(self.model_name, revision=self.revision)
         return self.lm
 
     def calls(self, item: ScoreItem):
