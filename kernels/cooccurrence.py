@@ -133,7 +133,8 @@ def cooc_dense_update_torch(C, tok, lat, n_tok) -> None:
     if n_tok == 0 or L == 0:
         return
     F = torch.zeros(n_tok, L, dtype=torch.float32, device=C.device)  # [T, L]
-    F.index_put_((tok.clamp(0, max(n_tok - 1, 0)), lat.clamp(min=0)), (lat >= 0).float(), accumulate=True)  # fixed shape
+    # fixed shape; padding adds 0 at its clamped place (a flat index_add_: index_put_ with accumulate sorts first)
+    F.view(-1).index_add_(0, tok.clamp(0, max(n_tok - 1, 0)) * L + lat.clamp(min=0), (lat >= 0).float())
     for t0 in range(0, n_tok, EXACT_ROWS):
         Fc = F[t0:t0 + EXACT_ROWS]
         C += (Fc.T @ Fc).to(torch.int64)

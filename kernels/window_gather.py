@@ -103,8 +103,9 @@ def gather_windows_torch(keys, vals, n_latents, q_tok, q_lat, *, window, seq_len
         table = torch.zeros(n_latents, n_seq, seq_len + 2 * window, dtype=torch.float32, device=q_tok.device)
         real = keys < n_latents * n_tok  # padding keys (int64 max) sort last
         tok, lat = torch.where(real, keys // n_latents, 0), torch.where(real, keys % n_latents, 0)
-        table.index_put_((lat, tok // seq_len, tok % seq_len + window), torch.where(real, vals.float(), 0.0),
-                         accumulate=True)
+        padded = seq_len + 2 * window  # a flat index_add_ (padding adds 0): index_put_ with accumulate sorts first
+        table.view(-1).index_add_(0, (lat * n_seq + tok // seq_len) * padded + tok % seq_len + window,
+                                  torch.where(real, vals.float(), 0.0))
         return table.unfold(2, W2, 1)[q_lat, q_tok // seq_len, q_tok % seq_len]  # [Q, W2]
     offs = torch.arange(-window, window + 1, device=q_tok.device)  # [W2]
     t = q_tok[:, None] + offs  # [Q, W2]

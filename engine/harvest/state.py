@@ -289,7 +289,7 @@ class HarvestState:
                 cooc_dense_update(self.cooc.table, tok, lat, n_tok)
                 return
             F = torch.zeros(n_tok, L, dtype=torch.float32, device=tok.device)  # [N, L] binary firing matrix
-            F.index_put_((tok, lat.clamp(min=0)), (lat >= 0).float(), accumulate=True)
+            F.view(-1).index_add_(0, tok * L + lat.clamp(min=0), (lat >= 0).float())
             self.cooc.table += (F[:, lo:hi].T @ F).to(self.cooc.dtype)
             return
         sampled = self.cfg.cooc_rate < 1 and self.cooc.mode == "sketch"  # a uniform position sample (subsample.py)

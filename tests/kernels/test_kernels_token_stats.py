@@ -62,3 +62,23 @@ def test_bad_arguments_raise_one_line():
             fn(t.int(), i, i)
         with pytest.raises(KernelArgError, match="rows"):
             fn(t, i, i[:2])
+
+
+def test_reference_refuses_columns_outside_the_table_and_takes_strided_tables():
+    """A counted entry's column outside [0, V) raises (it would land in the next row of the flat table);
+    on an ignored row (-1) any column is ignored; a transposed (non-contiguous) table is updated in place."""
+    fn = ts.pair_count_update_torch
+    t = torch.zeros(3, 4, dtype=torch.int64)
+    for bad in (4, -1):
+        with pytest.raises(IndexError):
+            fn(t, torch.tensor([0]), torch.tensor([bad]))
+    with pytest.raises(IndexError):
+        fn(t, torch.tensor([3]), torch.tensor([0]))  # a row past the table
+    fn(t, torch.tensor([-1, -1]), torch.tensor([9, -5]))
+    assert (t == 0).all()
+    base = torch.zeros(4, 3, dtype=torch.float64)
+    view = base.T  # [3, 4], strides (1, 3)
+    fn(view, torch.tensor([0, 2, 2, -1]), torch.tensor([3, 1, 1, 0]), torch.tensor([0.5, 1.0, 2.0, 7.0], dtype=torch.float64))
+    want = torch.zeros(3, 4, dtype=torch.float64)
+    want[0, 3], want[2, 1] = 0.5, 3.0
+    assert torch.equal(base.T, want)
