@@ -33,7 +33,8 @@ def _byte_alphabet() -> dict[str, int]:
 
 def _decoder_kinds(tokenizer) -> set[str]:
     try:
-        spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+        decoder = tokenizer.backend_tokenizer.decoder  # its own JSON: the whole tokenizer's (to_str) is megabytes
+        spec = json.loads(decoder.__getstate__()) if decoder is not None else {}
     except Exception:  # noqa: BLE001 -- a slow tokenizer has no backend: use decode()
         return set()
     parts = spec.get("decoders", [spec]) if spec.get("type") == "Sequence" else [spec]
