@@ -65,7 +65,8 @@ def run_config(a, model, dicts, sites, cfg: StateConfig, n_seq: int, n_tokens: i
                                  n_latents=d.n_latents, offset=off, latent_ids=ids))
         off += d.n_latents
     return RunConfig(
-        model=a.model, model_revision=model_revision, model_class=type(model).__name__, n_layers=int(getattr(model.config, "num_hidden_layers", 0)),
+        model=a.model, model_revision=model_revision, model_class=type(model).__name__,
+        n_layers=int(getattr(model.config, "num_hidden_layers", 0)),
         dataset=a.dataset, dataset_column=a.dataset_column, context_length=cfg.seq_len, batch_size=a.batch_size,
         n_sequences=n_seq, n_tokens=n_tokens, hookpoints=hps, n_latents=cfg.n_latents, top_k=cfg.top_k,
         n_random=cfg.n_random, window=cfg.window, top_chunk=cfg.top_chunk, center_examples=cfg.center_examples,

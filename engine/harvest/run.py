@@ -287,8 +287,8 @@ def main(argv: list[str] | None = None) -> Path:
     return out
 
 
-def _finish_latent_parallel(a, state: HarvestState, model, revision: str | None, dicts, hooked, tokenizer, store, run: RunDir,
-                            done_seqs: int, latent_scores, t0: float) -> Path:
+def _finish_latent_parallel(a, state: HarvestState, model, revision: str | None, dicts, hooked, tokenizer, store,
+                            run: RunDir, done_seqs: int, latent_scores, t0: float) -> Path:
     """Each rank writes the components of its latent range; rank 0 writes the stats and joins the parts."""
     import torch.distributed as dist
 

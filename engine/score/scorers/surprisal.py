@@ -90,9 +90,9 @@ class Surprisal:
         self.lm = lm
         self.model_name = cfg.surprisal_model
         self.same_tokenizer = False
+        "Excerpts' harvested token ids are the LM's own (else their text is re-tokenised)."
         self.revision: str | None = None
         "The run's recorded model commit, when the LM is the run's own hub model."
-        "Excerpts' harvested token ids are the LM's own (else their text is re-tokenised)."
 
     def bind_run(self, rc) -> None:
         """Use the run's own model unless another (or an injected loss model) was given."""
